@@ -1,0 +1,1 @@
+"""Lifeboat: disaster-recovery runbooks for WordPress on Patroni/PostgreSQL."""
