@@ -9,6 +9,7 @@ kills the container's PID 1, which takes every process of its PID namespace with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -170,20 +171,16 @@ def shutdown(droplet_id: int, timeout: float = 30) -> None:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _reap(pid: int | None) -> None:
     """nspawn may be our child (the API server started it): collect it, no zombies."""
     if pid is None:
         return
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def unmount_disk(droplet_id: int) -> None:
@@ -216,6 +213,10 @@ def nspawn_processes() -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"systemd-nspawn") and str(DROPLETS_DIR).encode() in b" ".join(argv):
+        if (
+            argv
+            and argv[0].endswith(b"systemd-nspawn")
+            and str(DROPLETS_DIR).encode() in b" ".join(argv)
+        ):
             found.append(int(proc.name))
     return found

@@ -53,8 +53,10 @@ def ensure_image() -> Path:
     if (target.parent / "complete").exists():
         return target
     started = time.monotonic()
-    _say(f"building golden image {target.parent.name} (Debian 12, {len(manifest_packages())} "
-         "packages from tasks/packages.txt); this takes a minute or two")
+    _say(
+        f"building golden image {target.parent.name} (Debian 12, {len(manifest_packages())} "
+        "packages from tasks/packages.txt); this takes a minute or two"
+    )
     build_dir = target.parent.with_name(target.parent.name + ".build")
     shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True)
@@ -96,7 +98,11 @@ def _customize(rootfs: Path) -> None:
         key.unlink()
     (rootfs / "etc/machine-id").write_text("")
     # No console login in a container; nothing to wait for on the network.
-    for unit in ("console-getty.service", "getty@tty1.service", "systemd-networkd-wait-online.service"):
+    for unit in (
+        "console-getty.service",
+        "getty@tty1.service",
+        "systemd-networkd-wait-online.service",
+    ):
         link = rootfs / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")

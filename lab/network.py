@@ -122,3 +122,13 @@ def delete_all() -> None:
         run("ip", "netns", "delete", ns, check=False)
     for link in lab_links():
         run("ip", "link", "delete", link, check=False)
+
+
+def vpc_gateway_addrs() -> list[str]:
+    """The host's addresses on VPC bridges: where load balancers reach droplets from."""
+    out = run("ip", "-o", "-4", "addr", "show", check=False).stdout
+    return [
+        line.split()[3].split("/")[0]
+        for line in out.splitlines()
+        if line.split()[1].startswith(VPC_BRIDGE_PREFIX)
+    ]

@@ -37,7 +37,9 @@ def delete_tables() -> None:
 def lab_tables() -> list[str]:
     out = run("nft", "list", "tables", check=False).stdout
     names = (NFT_FIREWALL_TABLE, NFT_FAULTS_TABLE)
-    return [line.split()[-1] for line in out.splitlines() if line.split()[-1:] in ([n] for n in names)]
+    return [
+        line.split()[-1] for line in out.splitlines() if line.split()[-1:] in ([n] for n in names)
+    ]
 
 
 def _base_chains(rules_for_hook: dict[str, list[str]]) -> list[str]:
@@ -109,9 +111,7 @@ def droplet_addrs(droplet: dict) -> list[str]:
     return [n["ip_address"] for n in droplet.get("networks", {}).get("v4", [])]
 
 
-def _resolve(
-    endpoints: dict, droplets: list[dict], lb_addrs: dict[str, list[str]]
-) -> set[str]:
+def _resolve(endpoints: dict, droplets: list[dict], lb_addrs: dict[str, list[str]]) -> set[str]:
     """Addresses named by a rule's `sources`/`destinations`: addresses and CIDRs, droplet
     ids, tags, load balancer ids (whose HAProxy reaches droplets from the host's VPC
     gateway addresses)."""
@@ -145,8 +145,10 @@ def render_firewalls(
     dispatch: dict[str, list[str]] = {h: [] for h in HOOKS}
     for d in droplets:
         mine = [
-            f for f in firewalls
-            if d["id"] in f.get("droplet_ids", []) or set(f.get("tags", [])) & set(d.get("tags", []))
+            f
+            for f in firewalls
+            if d["id"] in f.get("droplet_ids", [])
+            or set(f.get("tags", [])) & set(d.get("tags", []))
         ]
         addrs = droplet_addrs(d)
         if not mine or not addrs:

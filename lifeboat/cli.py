@@ -1,3 +1,107 @@
+"""The `lifeboat` command."""
+
+from __future__ import annotations
+
+import json
+
 import typer
 
-app = typer.Typer(help="Lifeboat: disaster-recovery runbooks")
+app = typer.Typer(
+    help="Lifeboat: disaster-recovery runbooks for WordPress on Patroni.", no_args_is_help=True
+)
+lab_app = typer.Typer(
+    help="The local cloud: DigitalOcean on one machine (needs root).", no_args_is_help=True
+)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("up")
+def lab_up() -> None:
+    """Bring the local cloud up (builds the golden image the first time)."""
+    from lab import lifecycle
+
+    lifecycle.up()
+    _print_status(lifecycle.info())
+
+
+@lab_app.command("down")
+def lab_down() -> None:
+    """Remove everything the local cloud made; fails if anything is left."""
+    from lab import lifecycle
+
+    if lifecycle.down():
+        raise typer.Exit(1)
+
+
+@lab_app.command("status")
+def lab_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
+    """API URL and token, Spaces endpoint and keys, SSH key, droplets."""
+    from lab import lifecycle
+
+    info = lifecycle.info()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        _print_status(info)
+    if not info.get("up"):
+        raise typer.Exit(1)
+
+
+def _print_status(info: dict) -> None:
+    if not info.get("up"):
+        typer.echo("lab: down")
+        return
+    s3 = info["spaces"]
+    typer.echo(f"API      {info['api_url']} (token in {info['api_token_file']})")
+    typer.echo(f"Spaces   {s3['endpoint']} region {s3['region']} (CA {s3['ca_cert']})")
+    typer.echo(f"SSH key  {info['ssh_private_key']}")
+    typer.echo(f"droplets {len(info['droplets'])}")
+    for d in info["droplets"]:
+        tags = ",".join(d["tags"])
+        addrs = f"{d['public_ipv4'] or '-':<15} {d['private_ipv4'] or '-':<15}"
+        typer.echo(f"  {d['id']:>6} {d['name']:<20} {d['status']:<7} {addrs} {tags}")
+
+
+@lab_app.command("partition")
+def lab_partition(droplet: str) -> None:
+    """Drop all traffic of a droplet (by name or id) until `lab heal`."""
+    from lab import faults
+
+    d = faults.partition(droplet)
+    typer.echo(f"partitioned {d['name']} ({d['id']})")
+
+
+@lab_app.command("heal")
+def lab_heal(droplet: str) -> None:
+    """End a partition."""
+    from lab import faults
+
+    d = faults.heal(droplet)
+    typer.echo(f"healed {d['name']} ({d['id']})")
+
+
+@lab_app.command("power-off")
+def lab_power_off(droplet: str) -> None:
+    """Hard power-off of a droplet through the API."""
+    from lab import faults
+
+    d = faults.power_off(droplet)
+    typer.echo(f"powering off {d['name']} ({d['id']})")
+
+
+@lab_app.command("s3-outage")
+def lab_s3_outage() -> None:
+    """Make Spaces unreachable (its data is kept)."""
+    from lab import faults
+
+    faults.s3_outage()
+    typer.echo("Spaces is down")
+
+
+@lab_app.command("s3-restore")
+def lab_s3_restore() -> None:
+    """Bring Spaces back."""
+    from lab import faults
+
+    faults.s3_restore()
+    typer.echo("Spaces is up")

@@ -1,0 +1,51 @@
+"""Faults on demand, for drills and tests: partition a droplet, power it off hard, take
+Spaces away. Droplets are named by id or name and looked up through the API stand-in."""
+
+from __future__ import annotations
+
+import pydo
+
+from lab import nft, spaces
+from lab.lifecycle import API_URL, TOKEN_FILE
+
+
+def _client() -> pydo.Client:
+    return pydo.Client(token=TOKEN_FILE.read_text(), endpoint=API_URL)
+
+
+def find_droplet(name_or_id: str | int) -> dict:
+    client = _client()
+    if str(name_or_id).isdigit():
+        return client.droplets.get(droplet_id=int(name_or_id))["droplet"]
+    matches = [d for d in client.droplets.list(per_page=200)["droplets"] if d["name"] == name_or_id]
+    if len(matches) != 1:
+        raise LookupError(f"{len(matches)} droplets are named {name_or_id!r}; give an id instead")
+    return matches[0]
+
+
+def partition(name_or_id: str | int) -> dict:
+    """Drop every packet from and to the droplet: it keeps running, cut off from everyone."""
+    droplet = find_droplet(name_or_id)
+    nft.isolate(droplet["id"], nft.droplet_addrs(droplet), "partition")
+    return droplet
+
+
+def heal(name_or_id: str | int) -> dict:
+    droplet = find_droplet(name_or_id)
+    nft.release(droplet["id"], "partition")
+    return droplet
+
+
+def power_off(name_or_id: str | int) -> dict:
+    """A hard power-off through the API, as an operator (or a hypervisor fault) would."""
+    droplet = find_droplet(name_or_id)
+    _client().droplet_actions.post(droplet_id=droplet["id"], body={"type": "power_off"})
+    return droplet
+
+
+def s3_outage() -> None:
+    spaces.outage()
+
+
+def s3_restore() -> None:
+    spaces.restore()
