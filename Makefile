@@ -1,0 +1,47 @@
+# Lifeboat: `make demo` runs the whole story against the local cloud, `make test` the tests.
+# Both install what they need on a fresh Debian 12 machine (as root).
+
+SHELL := /bin/bash
+UV := uv
+APT_PACKAGES := mmdebstrap systemd-container iproute2 nftables haproxy openssl openssh-client
+PYTEST_ARGS ?=
+
+.PHONY: deps demo test test-unit test-e2e lint lab-up lab-down bench
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
+	@$(UV) sync -q --frozen
+
+lint: deps
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+lab-up: deps
+	$(UV) run lifeboat lab up
+
+lab-down: deps
+	$(UV) run lifeboat lab down
+
+demo: lab-up
+	$(UV) run lifeboat lab status
+
+test-unit: deps
+	$(UV) run pytest -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: lab-up
+	$(UV) run pytest -m e2e $(PYTEST_ARGS)
+
+# Everything: lint, unit tests, then end-to-end tests against a fresh lab; the lab is
+# taken down at the end whatever happened.
+test: deps
+	$(UV) run ruff check .
+	$(UV) run lifeboat lab up
+	$(UV) run pytest $(PYTEST_ARGS); rc=$$?; $(UV) run lifeboat lab down || rc=1; exit $$rc
+
+bench: lab-up
+	$(UV) run python -m lab.bench

@@ -1,0 +1,154 @@
+"""The local cloud end to end, through pydo and SSH only, as the runbooks will use it."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pydo
+import pytest
+
+from tests.e2e.conftest import private_ip, public_ip, ssh, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.lab]
+TAG = "e2e-lab"
+
+
+def tcp_state(host: str, port: int, timeout: float = 2.0) -> str:
+    """ "open", "refused" or "silent" (packets vanish), as a client sees it."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "silent"
+    except OSError:
+        return "unreachable"
+
+
+def remote_tcp(conn, host: str, port: int) -> bool:
+    """Can the droplet behind `conn` open a TCP connection to host:port (2 s limit)?"""
+    cmd = f"timeout 2 bash -c '</dev/tcp/{host}/{port}'"
+    return conn.run(cmd, warn=True, hide=True).ok
+
+
+def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: dict, ssh_key_id):
+    do.droplets.destroy_by_tag(tag_name=TAG)
+    body = {
+        "names": ["lab-a", "lab-b", "lab-c"],
+        "region": "nyc3",
+        "size": "s-1vcpu-1gb",
+        "image": "debian-12-x64",
+        "ssh_keys": [ssh_key_id],
+        "tags": [TAG],
+    }
+    created = do.droplets.create(body=body)["droplets"]
+    assert [d["status"] for d in created] == ["new"] * 3
+
+    def all_active():
+        ds = do.droplets.list(tag_name=TAG)["droplets"]
+        return ds if len(ds) == 3 and all(d["status"] == "active" for d in ds) else None
+
+    a, b, c = sorted(wait_for("three active droplets", all_active, 60), key=lambda d: d["name"])
+    conns = {d["name"]: ssh(lab, public_ip(d)) for d in (a, b, c)}
+
+    # Each boots a full systemd, reached over real SSH on its public address.
+    for name, conn in conns.items():
+        state = conn.run("systemctl is-system-running --wait", warn=True, hide=True).stdout
+        assert state.strip() == "running", (name, state)
+        assert conn.run("hostname", hide=True).stdout.strip() == name
+
+    # Private (VPC) addresses reach each other.
+    assert remote_tcp(conns["lab-a"], private_ip(b), 22)
+    assert remote_tcp(conns["lab-b"], private_ip(c), 22)
+    assert remote_tcp(conns["lab-a"], private_ip(c), 80)  # Debian's nginx answers on c
+
+    # A firewall on c allowing only SSH blocks its port 80, from droplets and from outside.
+    fw = do.firewalls.create(
+        body={
+            "name": "e2e-ssh-only",
+            "droplet_ids": [c["id"]],
+            "inbound_rules": [
+                {"protocol": "tcp", "ports": "22", "sources": {"addresses": ["0.0.0.0/0"]}}
+            ],
+            "outbound_rules": [
+                {"protocol": "tcp", "ports": "all", "destinations": {"addresses": ["0.0.0.0/0"]}}
+            ],
+        }
+    )["firewall"]
+    assert not remote_tcp(conns["lab-a"], private_ip(c), 80)
+    assert tcp_state(public_ip(c), 80) == "silent"
+    assert remote_tcp(conns["lab-a"], private_ip(c), 22)
+    assert conns["lab-c"].run("true", hide=True).ok  # established SSH kept working
+    do.firewalls.delete(firewall_id=fw["id"])
+    assert remote_tcp(conns["lab-a"], private_ip(c), 80)
+
+    # A load balancer with an HTTP health check sends traffic only to the healthy droplet.
+    for d in (a, b):
+        conns[d["name"]].run(f"echo {d['name']} > /var/www/html/index.html", hide=True)
+    conns["lab-a"].run("echo ok > /var/www/html/healthz", hide=True)  # b has none: 404
+    lb = do.load_balancers.create(
+        body={
+            "name": "e2e-lb",
+            "region": "nyc3",
+            "forwarding_rules": [
+                {
+                    "entry_protocol": "http",
+                    "entry_port": 80,
+                    "target_protocol": "http",
+                    "target_port": 80,
+                }
+            ],
+            "health_check": {
+                "protocol": "http",
+                "port": 80,
+                "path": "/healthz",
+                "check_interval_seconds": 3,
+                "response_timeout_seconds": 2,
+                "healthy_threshold": 2,
+                "unhealthy_threshold": 2,
+            },
+            "droplet_ids": [a["id"], b["id"]],
+        }
+    )["load_balancer"]
+    lb = wait_for(
+        "load balancer active",
+        lambda: (
+            (x := do.load_balancers.get(lb_id=lb["id"])["load_balancer"])["status"] == "active"
+            and x
+        ),
+        30,
+    )
+
+    def served_by() -> list[str]:
+        out = []
+        for _ in range(10):
+            with urllib.request.urlopen(f"http://{lb['ip']}/", timeout=3) as resp:
+                out.append(resp.read().decode().strip())
+        return out
+
+    # Health checks settle within a few intervals; then every request lands on lab-a.
+    wait_for("b marked down", lambda: set(served_by()) == {"lab-a"}, 20, every=1)
+    assert set(served_by()) == {"lab-a"}
+    do.load_balancers.delete(lb_id=lb["id"])
+
+    # Hard power-off: status off, SSH fails, packets vanish (no reset).
+    action = do.droplet_actions.post(droplet_id=b["id"], body={"type": "power_off"})["action"]
+    wait_for(
+        "power_off completed",
+        lambda: do.actions.get(action_id=action["id"])["action"]["status"] == "completed",
+        30,
+    )
+    assert do.droplets.get(droplet_id=b["id"])["droplet"]["status"] == "off"
+    assert tcp_state(public_ip(b), 22) == "silent"
+    assert not remote_tcp(conns["lab-a"], private_ip(b), 22)
+    with pytest.raises(Exception):  # noqa: B017 - any SSH failure will do
+        ssh(lab, public_ip(b), timeout=3).run("true", hide=True)
+
+    # Destroy by tag removes them all.
+    for conn in conns.values():
+        conn.close()
+    do.droplets.destroy_by_tag(tag_name=TAG)
+    wait_for("droplets gone", lambda: not do.droplets.list(tag_name=TAG)["droplets"], 30)
+    assert tcp_state(public_ip(a), 22, timeout=1) != "open"
