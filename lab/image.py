@@ -39,17 +39,17 @@ def image_key() -> str:
     return digest.hexdigest()[:16]
 
 
-def image_path() -> Path:
-    return IMAGES_DIR / image_key() / "rootfs"
+def image_path(images_dir: Path = IMAGES_DIR) -> Path:
+    return images_dir / image_key() / "rootfs"
 
 
 def _say(msg: str) -> None:
     print(f"[image] {msg}", file=sys.stderr, flush=True)
 
 
-def ensure_image() -> Path:
+def ensure_image(images_dir: Path = IMAGES_DIR) -> Path:
     """Return the cached image, building it first if the manifest or recipe changed."""
-    target = image_path()
+    target = image_path(images_dir)
     if (target.parent / "complete").exists():
         return target
     started = time.monotonic()
@@ -81,7 +81,7 @@ def ensure_image() -> Path:
     shutil.rmtree(target.parent, ignore_errors=True)
     build_dir.rename(target.parent)
     (target.parent / "complete").write_text(f"{time.monotonic() - started:.1f}\n")
-    _prune_old(keep=target.parent.name)
+    _prune_old(images_dir, keep=target.parent.name)
     _say(f"image ready in {time.monotonic() - started:.0f}s: {target}")
     return target
 
@@ -108,7 +108,7 @@ def _customize(rootfs: Path) -> None:
         link.symlink_to("/dev/null")
 
 
-def _prune_old(keep: str) -> None:
-    for old in IMAGES_DIR.iterdir():
+def _prune_old(images_dir: Path, keep: str) -> None:
+    for old in images_dir.iterdir():
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
