@@ -20,7 +20,6 @@ class KeyedRunner:
     def __init__(self, workers: int = 8) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lab-api")
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         self._queues: dict[str, deque[tuple[Job, str | None]]] = {}
 
     def submit(self, key: str, job: Job, coalesce: str | None = None) -> None:
@@ -44,7 +43,6 @@ class KeyedRunner:
                 queue = self._queues[key]
                 if not queue:
                     del self._queues[key]
-                    self._idle.notify_all()
                     return
                 job, _ = queue[0]
             try:
@@ -53,11 +51,6 @@ class KeyedRunner:
                 log.exception("background job on %s failed", key)
             with self._lock:
                 queue.popleft()
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is queued or running (tests and shutdown)."""
-        with self._lock:
-            return self._idle.wait_for(lambda: not self._queues, timeout)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
