@@ -1,0 +1,431 @@
+"""The stack spec: what to build, as data. Loaded from YAML, storable as a Prefect block.
+
+Every check here runs before any API call, and every message says what to change.
+Region and size can only be checked against the live catalog: see `check_catalog`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prefect.blocks.core import Block
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Role = Literal["etcd", "postgres", "haproxy", "wordpress"]
+ROLES: tuple[str, ...] = ("etcd", "postgres", "haproxy", "wordpress")
+
+# DNS label: the stack and group names end up in hostnames and DigitalOcean tags.
+_LABEL = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+_HOSTNAME_MAX = 63
+# HAProxy time format (`inter`, `fastinter`) and Patroni's lag format (`/replica?lag=`).
+_HAPROXY_TIME = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
+_PATRONI_LAG = re.compile(r"^[0-9]+(B|kB|MB|GB|TB)?$")
+# Ports Lifeboat's own daemons use on the same droplets: HAProxy must not take them.
+_RESERVED_PORTS = {
+    22: "ssh",
+    2379: "etcd client",
+    2380: "etcd peer",
+    5432: "postgresql",
+    8008: "patroni",
+}
+# Parameters the cluster depends on (replication, rewind, auth) or that Patroni sets itself.
+MANAGED_PARAMETERS = frozenset(
+    {
+        "wal_level",
+        "hot_standby",
+        "wal_log_hints",
+        "password_encryption",
+        "listen_addresses",
+        "port",
+        "synchronous_standby_names",
+        "unix_socket_directories",
+        "hba_file",
+        "ident_file",
+        "data_directory",
+        "config_file",
+    }
+)
+_PRIVATE_V4 = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+
+
+def _check_label(kind: str, value: str) -> str:
+    if not _LABEL.match(value):
+        raise ValueError(
+            f"{kind} {value!r} must be a DNS label: lowercase letters, digits and hyphens, "
+            "starting with a letter and not ending with a hyphen (e.g. 'shop-prod')"
+        )
+    return value
+
+
+def _network(key: str, value: str, example: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        pass
+    try:
+        hint = f"did you mean '{ipaddress.ip_network(value, strict=False)}'?"
+    except ValueError:
+        hint = f"write a network like '{example}'"
+    raise ValueError(f"{key}: {value!r} is not a network address: {hint}")
+
+
+class _Section(BaseModel):
+    # A typo in a YAML key must fail loudly, not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeGroup(_Section):
+    name: str
+    count: int = Field(ge=1, le=20)
+    size: str = "s-1vcpu-1gb"
+    roles: tuple[Role, ...]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_label("group name", value)
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not value:
+            raise ValueError(f"a group needs at least one role: choose from {', '.join(ROLES)}")
+        unknown = [r for r in value if r not in ROLES]
+        if unknown:
+            raise ValueError(
+                f"unknown role {', '.join(map(repr, unknown))}: roles are {', '.join(ROLES)}"
+            )
+        # Keep the canonical order so tags and comparisons do not depend on YAML order.
+        return tuple(r for r in ROLES if r in value)
+
+
+class PostgresSpec(_Section):
+    # The droplets' package manifest carries postgresql-15 only.
+    version: Literal[15] = 15
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        managed = sorted(MANAGED_PARAMETERS & value.keys())
+        if managed:
+            raise ValueError(
+                f"postgres.parameters: {', '.join(managed)} managed by Lifeboat/Patroni "
+                "(replication, pg_rewind and authentication depend on them): remove them"
+            )
+        return value
+
+
+class PatroniSpec(_Section):
+    # Measured on this stack: 20/5/7 halves failover time after a power-off against the
+    # stock 30/10/10 (FIELD-NOTES). Patroni refuses ttl < 20, loop_wait < 1, retry < 3.
+    ttl: int = 20
+    loop_wait: int = Field(default=5, ge=1)
+    retry_timeout: int = Field(default=7, ge=3)
+    maximum_lag_on_failover: int = Field(default=1048576, ge=0)
+    failsafe_mode: bool = False
+    superuser: str = "postgres"
+    replication_user: str = "replicator"
+    rewind_user: str = "rewind"
+    restapi_user: str = "patroni"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_sync_here(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (
+            {"synchronous_mode", "synchronous_mode_strict"} & data.keys()
+        ):
+            raise ValueError(
+                "patroni.synchronous_mode is set by the top-level `replication: synchronous` "
+                "or `replication: async`: move it there"
+            )
+        return data
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: int) -> int:
+        # An error, not a warning: Patroni silently raises a lower ttl to 20, so the spec
+        # would not describe the cluster.
+        if value < 20:
+            raise ValueError(
+                f"patroni.ttl {value} is below 20 s, which Patroni does not accept "
+                "(it would silently use 20): set ttl to 20 or more"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _timers(self) -> PatroniSpec:
+        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
+            raise ValueError(
+                f"patroni timers break loop_wait + 2*retry_timeout <= ttl "
+                f"({self.loop_wait} + 2*{self.retry_timeout} = "
+                f"{self.loop_wait + 2 * self.retry_timeout} > {self.ttl}): raise ttl to at least "
+                f"{self.loop_wait + 2 * self.retry_timeout} or lower loop_wait/retry_timeout "
+                "(measured default: ttl 20, loop_wait 5, retry_timeout 7)"
+            )
+        return self
+
+
+class HAProxySpec(_Section):
+    primary_port: int = Field(default=5000, ge=1024, le=65535)
+    replica_port: int = Field(default=5001, ge=1024, le=65535)
+    stats_port: int = Field(default=7000, ge=1024, le=65535)
+    stats_user: str = "lifeboat"
+    # Measured: `inter 3s fall 3` alone adds ~6 s to every failover (FIELD-NOTES).
+    check_inter: str = "1s"
+    fastinter: str = "500ms"
+    fall: int = Field(default=2, ge=1)
+    rise: int = Field(default=1, ge=1)
+    replica_max_lag: str = "10MB"
+
+    @field_validator("check_inter", "fastinter")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        if not _HAPROXY_TIME.match(value):
+            raise ValueError(f"{value!r} is not an HAProxy time: write e.g. '1s' or '500ms'")
+        return value
+
+    @field_validator("replica_max_lag")
+    @classmethod
+    def _lag(cls, value: str) -> str:
+        if not _PATRONI_LAG.match(value):
+            raise ValueError(f"{value!r} is not a Patroni lag: write e.g. '10MB' or '1048576'")
+        return value
+
+    @field_validator("stats_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]+$", value):
+            raise ValueError("haproxy.stats_user: use letters, digits, '-' and '_' only")
+        return value
+
+    @model_validator(mode="after")
+    def _ports(self) -> HAProxySpec:
+        ports = {"primary_port": self.primary_port, "replica_port": self.replica_port}
+        ports["stats_port"] = self.stats_port
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"haproxy ports must differ: {ports}")
+        for key, port in ports.items():
+            if port in _RESERVED_PORTS:
+                raise ValueError(
+                    f"haproxy.{key} {port} is {_RESERVED_PORTS[port]}'s port on the same "
+                    "droplets: choose another"
+                )
+        return self
+
+
+class WordPressSpec(_Section):
+    """Filled in by the web-tier issue."""
+
+    domain: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class BackupSpec(_Section):
+    """Filled in by the backup issue."""
+
+    schedule: str = "0 3 * * *"
+    retention_count: int = Field(default=7, ge=1)
+    retention_days: int = Field(default=14, ge=1)
+    # Bounds the age of the newest archived WAL, i.e. the RPO without streaming.
+    archive_timeout: int = Field(default=60, ge=1)
+
+
+class PlannedNode(BaseModel):
+    """A droplet the spec asks for; the provision flow matches it by name and tags."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    group: str
+    size: str
+    roles: tuple[Role, ...]
+    tags: tuple[str, ...]
+
+
+class StackSpec(_Section):
+    name: str
+    region: str
+    image: str = "debian-12-x64"
+    vpc_cidr: str
+    admin_cidrs: list[str] = Field(min_length=1)
+    allow_world_admin: bool = False
+    groups: list[NodeGroup] = Field(min_length=1)
+    single_node: bool = False
+    replication: Literal["synchronous", "async"] = "synchronous"
+    postgres: PostgresSpec = Field(default_factory=PostgresSpec)
+    patroni: PatroniSpec = Field(default_factory=PatroniSpec)
+    haproxy: HAProxySpec = Field(default_factory=HAProxySpec)
+    wordpress: WordPressSpec = Field(default_factory=WordPressSpec)
+    backup: BackupSpec = Field(default_factory=BackupSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_label("stack name", value)
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _vpc(cls, value: str) -> str:
+        net = _network("vpc_cidr", value, "10.10.0.0/16")
+        if net.version != 4 or not any(net.subnet_of(p) for p in _PRIVATE_V4):
+            raise ValueError(
+                f"vpc_cidr {value} is not a private IPv4 range: use a range inside 10.0.0.0/8, "
+                "172.16.0.0/12 or 192.168.0.0/16"
+            )
+        # DigitalOcean accepts VPC ranges from /16 to /28.
+        if not 16 <= net.prefixlen <= 28:
+            raise ValueError(f"vpc_cidr {value}: choose a prefix length between /16 and /28")
+        return str(net)
+
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _admin(cls, value: list[str]) -> list[str]:
+        return [str(_network("admin_cidrs", cidr, "203.0.113.0/24")) for cidr in value]
+
+    @model_validator(mode="after")
+    def _topology(self) -> StackSpec:
+        problems: list[str] = []
+        if not self.allow_world_admin:
+            world = [c for c in self.admin_cidrs if ipaddress.ip_network(c).prefixlen == 0]
+            if world:
+                problems.append(
+                    f"admin_cidrs {', '.join(world)} opens SSH to the whole internet: list "
+                    "your own address ranges instead, or set allow_world_admin: true"
+                )
+        names = [g.name for g in self.groups]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"duplicate group name(s) {', '.join(dupes)}: give each group its own")
+
+        counts = {role: sum(g.count for g in self.groups if role in g.roles) for role in ROLES}
+        etcd = counts["etcd"]
+        if self.single_node:
+            if etcd not in (1, 3, 5, 7):
+                problems.append(
+                    f"etcd has {etcd} member(s): a single-node stack needs exactly 1 (or 3, 5 or 7)"
+                )
+        elif etcd not in (3, 5, 7):
+            problems.append(
+                f"etcd has {etcd} member(s): it needs 3, 5 or 7 (an odd number, so a majority "
+                "survives a loss): change the etcd groups' counts, or set single_node: true "
+                "for a one-member test stack"
+            )
+        if counts["postgres"] == 0:
+            problems.append("no group has the postgres role: add one")
+        elif counts["postgres"] < 2 and not self.single_node:
+            problems.append(
+                f"{counts['postgres']} postgres node: failover needs at least 2 (3 recommended): "
+                "raise the postgres group's count, or set single_node: true to accept no failover"
+            )
+        if counts["haproxy"] == 0:
+            problems.append(
+                "no group has the haproxy role: add it to a group (e.g. the wordpress group, "
+                "so the database path has no single point of failure)"
+            )
+        if not dupes:
+            for node in self.nodes():
+                if len(node.name) > _HOSTNAME_MAX:
+                    problems.append(
+                        f"droplet name {node.name!r} is longer than {_HOSTNAME_MAX} characters: "
+                        "shorten the stack or group name"
+                    )
+                    break
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # --- derived -------------------------------------------------------------------------
+
+    @property
+    def stack_tag(self) -> str:
+        return f"lifeboat:{self.name}"
+
+    @property
+    def synchronous_mode(self) -> bool:
+        return self.replication == "synchronous"
+
+    def nodes(self) -> list[PlannedNode]:
+        """Every droplet, named `<stack>-<group>-<n>` (n from 1), tagged with the stack and
+        each of its roles (`role:*` tags are shared across stacks: always filter by both)."""
+        return [
+            PlannedNode(
+                name=f"{self.name}-{group.name}-{i}",
+                group=group.name,
+                size=group.size,
+                roles=group.roles,
+                tags=(self.stack_tag, *(f"role:{r}" for r in group.roles)),
+            )
+            for group in self.groups
+            for i in range(1, group.count + 1)
+        ]
+
+    def nodes_with(self, role: str) -> list[PlannedNode]:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: roles are {', '.join(ROLES)}")
+        return [n for n in self.nodes() if role in n.roles]
+
+    def check_catalog(self, regions: set[str], sizes: set[str]) -> None:
+        """Check region and sizes against what the API offers (the provision flow passes the
+        lists from /v2/regions and /v2/sizes); raise SpecError saying what to choose."""
+        problems = []
+        if self.region not in regions:
+            problems.append(
+                f"region {self.region!r} is not offered: choose one of {', '.join(sorted(regions))}"
+            )
+        for group in self.groups:
+            if group.size not in sizes:
+                problems.append(
+                    f"group {group.name!r}: size {group.size!r} is not offered: choose one of "
+                    f"{', '.join(sorted(sizes))}"
+                )
+        if problems:
+            raise SpecError("; ".join(problems))
+
+    # --- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> StackSpec:
+        """Load and validate a spec file; errors name the file and the offending key."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise SpecError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: expected a mapping at the top level")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise SpecError(f"{path}: {format_errors(e)}") from None
+
+
+class SpecError(ValueError):
+    """A spec that cannot be built; the message says what to change."""
+
+
+def format_errors(error: ValidationError) -> str:
+    """One line per problem, `key.path: message`, without pydantic's input dumps."""
+    lines = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+class StackSpecBlock(Block):
+    """A stack spec stored in Prefect, so deployments can name it instead of a file path."""
+
+    _block_type_name = "Lifeboat Stack Spec"
+    _description = "What a Lifeboat stack is made of: droplets, roles, timers, ports."
+
+    spec: StackSpec
