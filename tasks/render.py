@@ -1,0 +1,47 @@
+"""Render the files Lifeboat places on hosts from templates/ (jinja2).
+
+StrictUndefined: a missing context variable is an error, never an empty string in a
+config file. Values that may contain arbitrary characters go through `| quote`, which
+emits a JSON string (valid YAML, and a safe double-quoted string for env files).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+# Where each template's output goes on a droplet: (path, owner:group, mode).
+DESTINATIONS: dict[str, tuple[str, str, str]] = {
+    "etcd/etcd.env.j2": ("/etc/default/etcd", "root:root", "0644"),
+    "patroni/patroni.yml.j2": ("/etc/patroni/patroni.yml", "postgres:postgres", "0600"),
+    "patroni/patroni.service.j2": ("/etc/systemd/system/patroni.service", "root:root", "0644"),
+    "haproxy/haproxy.cfg.j2": ("/etc/haproxy/haproxy.cfg", "root:haproxy", "0640"),
+}
+
+
+def _quote(value: Any) -> str:
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined: raises UndefinedError naming the missing variable
+    return json.dumps(value, ensure_ascii=False)
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+_env.filters["quote"] = _quote
+
+
+def render(name: str, /, **context: Any) -> str:
+    """Render template `name` (relative to templates/, e.g. "patroni/patroni.yml.j2").
+    `name` is positional-only so templates can take a `name` variable too."""
+    return _env.get_template(name).render(**context)
