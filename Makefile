@@ -3,7 +3,8 @@
 
 SHELL := /bin/bash
 UV := uv
-APT_PACKAGES := mmdebstrap systemd-container iproute2 nftables haproxy openssl openssh-client
+APT_PACKAGES := mmdebstrap systemd-container systemd iproute2 nftables haproxy openssl openssh-client \
+                etcd-server postgresql-15
 PYTEST_ARGS ?=
 
 .PHONY: deps demo test test-unit test-e2e lint lab-up lab-down bench

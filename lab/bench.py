@@ -21,6 +21,7 @@ from pathlib import Path
 import pydo
 
 from lab import image, lifecycle, network
+from tasks import digitalocean
 
 TAG = "bench-lab"
 
@@ -119,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     bench_image(args.skip_cold)
     info = lifecycle.up()
-    do = pydo.Client(token=info["api_token"], endpoint=info["api_url"])
+    do = digitalocean.client(info["api_token"], info["api_url"])
     keys = do.ssh_keys.list(per_page=200)["ssh_keys"]
     key = next((k for k in keys if k["public_key"] == info["ssh_public_key"]), None)
     if key is None:

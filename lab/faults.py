@@ -7,10 +7,11 @@ import pydo
 
 from lab import nft, spaces
 from lab.lifecycle import API_URL, TOKEN_FILE
+from tasks import digitalocean
 
 
 def _client() -> pydo.Client:
-    return pydo.Client(token=TOKEN_FILE.read_text(), endpoint=API_URL)
+    return digitalocean.client(TOKEN_FILE.read_text(), API_URL)
 
 
 def find_droplet(name_or_id: str | int) -> dict:

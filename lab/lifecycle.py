@@ -220,9 +220,9 @@ def info() -> dict:
 
 
 def _droplets(token: str) -> list[dict]:
-    import pydo  # imported here: `lab down` must work without the orchestrator's client
+    from tasks import digitalocean  # here: `lab down` must work without the API client
 
-    client = pydo.Client(token=token, endpoint=API_URL)
+    client = digitalocean.client(token, API_URL)
     out, page = [], 1
     while True:
         resp = client.droplets.list(per_page=200, page=page)

@@ -11,6 +11,7 @@ import pytest
 from fabric import Connection
 
 from lab import lifecycle
+from tasks import digitalocean
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +24,7 @@ def lab() -> dict:
 
 @pytest.fixture(scope="session")
 def do(lab: dict) -> pydo.Client:
-    return pydo.Client(token=lab["api_token"], endpoint=lab["api_url"])
+    return digitalocean.client(lab["api_token"], lab["api_url"])
 
 
 @pytest.fixture(scope="session")

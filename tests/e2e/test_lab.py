@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 
 import pydo
 import pytest
 
+from tasks.hosts import run
 from tests.e2e.conftest import private_ip, public_ip, ssh, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
@@ -30,7 +32,7 @@ def tcp_state(host: str, port: int, timeout: float = 2.0) -> str:
 def remote_tcp(conn, host: str, port: int) -> bool:
     """Can the droplet behind `conn` open a TCP connection to host:port (2 s limit)?"""
     cmd = f"timeout 2 bash -c '</dev/tcp/{host}/{port}'"
-    return conn.run(cmd, warn=True, hide=True).ok
+    return run(conn, cmd, warn=True).ok
 
 
 def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: dict, ssh_key_id):
@@ -55,9 +57,9 @@ def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: d
 
     # Each boots a full systemd, reached over real SSH on its public address.
     for name, conn in conns.items():
-        state = conn.run("systemctl is-system-running --wait", warn=True, hide=True).stdout
+        state = run(conn, "systemctl is-system-running --wait", warn=True).stdout
         assert state.strip() == "running", (name, state)
-        assert conn.run("hostname", hide=True).stdout.strip() == name
+        assert run(conn, "hostname").stdout.strip() == name
 
     # Private (VPC) addresses reach each other.
     assert remote_tcp(conns["lab-a"], private_ip(b), 22)
@@ -80,14 +82,14 @@ def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: d
     assert not remote_tcp(conns["lab-a"], private_ip(c), 80)
     assert tcp_state(public_ip(c), 80) == "silent"
     assert remote_tcp(conns["lab-a"], private_ip(c), 22)
-    assert conns["lab-c"].run("true", hide=True).ok  # established SSH kept working
+    assert run(conns["lab-c"], "true").ok  # established SSH kept working
     do.firewalls.delete(firewall_id=fw["id"])
     assert remote_tcp(conns["lab-a"], private_ip(c), 80)
 
     # A load balancer with an HTTP health check sends traffic only to the healthy droplet.
     for d in (a, b):
-        conns[d["name"]].run(f"echo {d['name']} > /var/www/html/index.html", hide=True)
-    conns["lab-a"].run("echo ok > /var/www/html/healthz", hide=True)  # b has none: 404
+        run(conns[d["name"]], f"echo {d['name']} > /var/www/html/index.html")
+    run(conns["lab-a"], "echo ok > /var/www/html/healthz")  # b has none: 404
     lb = do.load_balancers.create(
         body={
             "name": "e2e-lb",
@@ -105,7 +107,7 @@ def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: d
                 "port": 80,
                 "path": "/healthz",
                 "check_interval_seconds": 3,
-                "response_timeout_seconds": 2,
+                "response_timeout_seconds": 3,
                 "healthy_threshold": 2,
                 "unhealthy_threshold": 2,
             },
@@ -124,8 +126,11 @@ def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: d
     def served_by() -> list[str]:
         out = []
         for _ in range(10):
-            with urllib.request.urlopen(f"http://{lb['ip']}/", timeout=3) as resp:
-                out.append(resp.read().decode().strip())
+            try:
+                with urllib.request.urlopen(f"http://{lb['ip']}/", timeout=3) as resp:
+                    out.append(resp.read().decode().strip())
+            except urllib.error.HTTPError as exc:  # 503 until a target passes its checks
+                out.append(f"HTTP {exc.code}")
         return out
 
     # Health checks settle within a few intervals; then every request lands on lab-a.
@@ -144,7 +149,7 @@ def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: d
     assert tcp_state(public_ip(b), 22) == "silent"
     assert not remote_tcp(conns["lab-a"], private_ip(b), 22)
     with pytest.raises(Exception):  # noqa: B017 - any SSH failure will do
-        ssh(lab, public_ip(b), timeout=3).run("true", hide=True)
+        run(ssh(lab, public_ip(b), timeout=3), "true")
 
     # Destroy by tag removes them all.
     for conn in conns.values():

@@ -12,6 +12,7 @@ import pytest
 
 from lab import lifecycle
 from lab.config import STATE_DIR
+from tasks import digitalocean
 from tests.e2e.conftest import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab, pytest.mark.lab_lifecycle]
@@ -22,7 +23,7 @@ def api_pid() -> int:
 
 
 def client() -> pydo.Client:
-    return pydo.Client(token=lifecycle.TOKEN_FILE.read_text(), endpoint=lifecycle.API_URL)
+    return digitalocean.client(lifecycle.TOKEN_FILE.read_text(), lifecycle.API_URL)
 
 
 def machine_traces() -> list[str]:

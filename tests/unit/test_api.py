@@ -16,9 +16,9 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 
 from lab.api import create_app
-from lab.api.client import lab_client
 from lab.api.testing import RecordingCloud, serve
 from lab.config import LOAD_BALANCER_POOL, PUBLIC_DROPLET_POOL
+from tasks.digitalocean import client as do_client
 
 TOKEN = "unit-test-token"
 DEBIAN = {"size": "s-1vcpu-1gb", "image": "debian-12-x64", "region": "nyc3"}
@@ -33,7 +33,7 @@ class Lab:
         app = create_app(self.cloud, TOKEN, self.state_file, poll_interval=0.02)
         self._serving = serve(app)
         self.url = self._serving.__enter__()
-        self.client = lab_client(self.url, TOKEN, raw_response_hook=self._remember)
+        self.client = do_client(TOKEN, self.url, raw_response_hook=self._remember)
 
     def _remember(self, response: Any) -> None:
         self.last = response.http_response
@@ -81,7 +81,7 @@ def active(lab: Lab, droplet_id: int) -> dict:
 
 def test_wrong_or_missing_token_is_401(lab: Lab) -> None:
     with pytest.raises(HttpResponseError) as info:
-        lab_client(lab.url, "wrong").droplets.list()
+        do_client("wrong", lab.url).droplets.list()
     status, body = info.value.status_code, info.value.response.json()
     assert status == 401
     assert body == {"id": "unauthorized", "message": "Unable to authenticate you."}

@@ -25,8 +25,8 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from lab.api import create_app
 from lab.api.app import ROUTERS
-from lab.api.client import lab_client
 from lab.api.testing import RecordingCloud, serve
+from tasks.digitalocean import client as do_client
 
 ENTRY = Path("/work/shared/specs/digitalocean-openapi/specification/DigitalOcean-public.v2.yaml")
 SPEC_HOST = "https://api.digitalocean.com"  # the spec's only server; paths are what matter
@@ -162,7 +162,7 @@ class Recorder:
     def __init__(self, target: Target) -> None:
         self.exchanges: list[Exchange] = []
         self.target = target
-        self.client = lab_client(target.url, target.token, raw_response_hook=self._hook)
+        self.client = do_client(target.token, target.url, raw_response_hook=self._hook)
 
     def _hook(self, pipeline_response: Any) -> None:
         self.exchanges.append(capture(pipeline_response))
