@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+import threading
 from pathlib import Path
 
 from lab.config import (
@@ -32,13 +33,17 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
+_bridges = threading.Lock()  # the API stand-in builds droplets of one VPC in parallel
+
+
 def ensure_bridge(name: str, address: str) -> None:
     """A bridge holding `address` (CIDR form) on the host. Idempotent."""
-    if not link_exists(name):
-        run("ip", "link", "add", name, "type", "bridge")
-    if address not in run("ip", "-o", "addr", "show", "dev", name).stdout:
-        run("ip", "addr", "add", address, "dev", name)
-    run("ip", "link", "set", name, "up")
+    with _bridges:
+        if not link_exists(name):
+            run("ip", "link", "add", name, "type", "bridge")
+        if address not in run("ip", "-o", "addr", "show", "dev", name).stdout:
+            run("ip", "addr", "add", address, "dev", name)
+        run("ip", "link", "set", name, "up")
     # Bridged IPv4 must traverse the inet hooks for firewalls and faults to apply.
     Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1\n")
 

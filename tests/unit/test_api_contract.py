@@ -1,7 +1,7 @@
 """Every operation the stand-in implements, driven through pydo, with the request pydo
 sends and the response the stand-in gives both validated against DigitalOcean's OpenAPI
-spec. The same walk runs against the real lab when LIFEBOAT_API_URL/LIFEBOAT_API_TOKEN
-are set (e2e)."""
+spec. The same walk runs against the real lab (e2e): the one `lifeboat lab up` started, or
+the one LIFEBOAT_API_URL/LIFEBOAT_API_TOKEN name."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
+from lab import lifecycle
 from lab.api import create_app
 from lab.api.app import ROUTERS
 from lab.api.testing import RecordingCloud, serve
@@ -149,7 +150,10 @@ def target(
     if request.param == "lab":
         url, token = os.environ.get("LIFEBOAT_API_URL"), os.environ.get("LIFEBOAT_API_TOKEN")
         if not (url and token):
-            pytest.skip("set LIFEBOAT_API_URL and LIFEBOAT_API_TOKEN to walk the real lab")
+            info = lifecycle.info()
+            if not info.get("up"):
+                pytest.fail("the local cloud is not up: run `lifeboat lab up` (make test does)")
+            url, token = info["api_url"], info["api_token"]
         yield Target(url, token, timeout=300)
         return
     state = tmp_path_factory.mktemp("contract") / "state.json"
