@@ -72,3 +72,11 @@ def public_ip(droplet: dict) -> str:
 
 def private_ip(droplet: dict) -> str:
     return next(n["ip_address"] for n in droplet["networks"]["v4"] if n["type"] == "private")
+
+
+@pytest.fixture(scope="session")
+def lab_blocks(lab: dict, prefect_server: None) -> str:
+    """The lab's credentials as Prefect blocks named "lab" (what `--credentials lab` loads)."""
+    from lab.credentials import save_blocks
+
+    return save_blocks(lab)

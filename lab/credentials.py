@@ -1,0 +1,36 @@
+"""The local cloud's credentials as Lifeboat's Prefect blocks, so runbooks run against the
+lab exactly as against DigitalOcean: only the blocks' contents differ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from blocks.credentials import DigitalOceanCredentials, SpacesCredentials, SSHIdentity
+
+LAB_BLOCKS = "lab"
+
+
+def save_blocks(info: dict, name: str = LAB_BLOCKS) -> str:
+    """Store (or refresh) the lab's API token, Spaces keys and SSH key under `name`. Host
+    keys already pinned for droplets that still exist are kept."""
+    DigitalOceanCredentials(token=info["api_token"], api_url=info["api_url"]).save(
+        name, overwrite=True
+    )
+    s3 = info["spaces"]
+    SpacesCredentials(
+        access_key=s3["access_key"],
+        secret_key=s3["secret_key"],
+        region=s3["region"],
+        endpoint=s3["endpoint"],
+        ca_bundle=s3["ca_cert"],
+    ).save(name, overwrite=True)
+    private_key = Path(info["ssh_private_key"]).read_text()
+    try:
+        known = SSHIdentity.load(name)
+        pins = known.known_hosts if known.public_key == info["ssh_public_key"] else {}
+    except ValueError:
+        pins = {}
+    SSHIdentity(
+        private_key=private_key, public_key=info["ssh_public_key"], known_hosts=pins
+    ).save(name, overwrite=True)
+    return name
