@@ -232,6 +232,8 @@ class WordPressSpec(_Section):
 class BackupSpec(_Section):
     """Filled in by the backup issue."""
 
+    # Spaces bucket names are global across DigitalOcean: default `lifeboat-<stack>`.
+    bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
     schedule: str = "0 3 * * *"
     retention_count: int = Field(default=7, ge=1)
     retention_days: int = Field(default=14, ge=1)
@@ -348,6 +350,10 @@ class StackSpec(_Section):
     @property
     def stack_tag(self) -> str:
         return f"lifeboat:{self.name}"
+
+    @property
+    def bucket(self) -> str:
+        return self.backup.bucket or f"lifeboat-{self.name}"
 
     @property
     def synchronous_mode(self) -> bool:

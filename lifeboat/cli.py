@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import typer
+
+# No network but the registries here; Prefect must not try to phone home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     help="Lifeboat: disaster-recovery runbooks for WordPress on Patroni.", no_args_is_help=True
@@ -13,6 +18,78 @@ lab_app = typer.Typer(
     help="The local cloud: DigitalOcean on one machine (needs root).", no_args_is_help=True
 )
 app.add_typer(lab_app, name="lab")
+
+SPEC = typer.Option(..., "--spec", help="Stack spec (YAML), e.g. examples/article.yaml.")
+CREDENTIALS = typer.Option(
+    "lab", "--credentials", help='Name of the credentials blocks ("lab": the local cloud).'
+)
+
+
+def _load_spec(path: Path):  # noqa: ANN202 - StackSpec, imported lazily
+    from blocks.stack import SpecError, StackSpec
+
+    try:
+        return StackSpec.from_yaml(path)
+    except (SpecError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _lab_blocks(credentials: str) -> None:
+    """`--credentials lab` means the running local cloud: refresh its blocks first."""
+    if credentials != "lab":
+        return
+    from lab import lifecycle
+    from lab.credentials import save_blocks
+
+    info = lifecycle.info()
+    if not info.get("up"):
+        typer.echo("error: the local cloud is down: run `lifeboat lab up` first", err=True)
+        raise typer.Exit(2)
+    save_blocks(info, credentials)
+
+
+@app.command("up")
+def up_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
+    """Provision the stack's droplets and build its cluster (a rerun changes nothing)."""
+    stack = _load_spec(spec)
+    _lab_blocks(credentials)
+    from flows.up import up
+
+    result = up(stack, credentials)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("provision")
+def provision_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
+    """Only the cloud resources: droplets, VPC, firewalls, load balancer, bucket."""
+    stack = _load_spec(spec)
+    _lab_blocks(credentials)
+    from flows.provision import provision
+
+    for host in provision(stack, credentials):
+        typer.echo(
+            f"{host.name:<28} {host.public_ip:<15} {host.private_ip:<15} {','.join(host.roles)}"
+        )
+
+
+@app.command("status")
+def status_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable."),
+) -> None:
+    """Droplets and roles, etcd health, Patroni members, HAProxy backends."""
+    stack = _load_spec(spec)
+    _lab_blocks(credentials)
+    from flows.status import stack_status
+
+    status = stack_status(stack, credentials)
+    typer.echo(json.dumps(status, indent=2, default=str) if as_json else _status_text(status))
+
+
+def _status_text(status: dict) -> str:
+    return json.dumps(status, indent=2, default=str)
 
 
 @lab_app.command("up")

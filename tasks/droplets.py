@@ -93,3 +93,222 @@ def wait_active(
         if time.monotonic() > deadline:
             raise CloudError(f"droplets not active after {timeout:.0f}s: {', '.join(waiting)}")
         time.sleep(2)
+
+
+# --- provisioning: each `ensure_*` finds what exists and creates or fixes only the rest;
+# each returns "created", "updated" or "unchanged" for the run's report. ---------------
+
+VPC_PORTS = {  # reachable only from inside the VPC
+    "2379": "etcd clients",
+    "2380": "etcd peers",
+    "5432": "PostgreSQL",
+    "8008": "Patroni REST API",
+}
+WEB_HEALTH_PATH = "/lifeboat-health.php"  # the web tier's health endpoint (wordpress runbook)
+
+
+def call(what: str, fn: Callable[..., dict], **kwargs: Any) -> dict:
+    """One API call, with the API's reason (never the request) in the error."""
+    try:
+        return fn(**kwargs)
+    except HttpResponseError as exc:
+        raise CloudError(f"{what}: {_reason(exc)}") from None
+
+
+def ensure_tags(do: pydo.Client, spec: StackSpec) -> str:
+    wanted = {t for node in spec.nodes() for t in node.tags}
+    existing = {t["name"] for t in paged(do.tags.list, "tags")}
+    for tag in sorted(wanted - existing):
+        call(f"creating tag {tag}", do.tags.create, body={"name": tag})
+    return "created" if wanted - existing else "unchanged"
+
+
+def ensure_ssh_key(do: pydo.Client, spec: StackSpec, public_key: str) -> tuple[int, str]:
+    """The orchestrator's key, registered once per account (found by its public key)."""
+    for key in paged(do.ssh_keys.list, "ssh_keys"):
+        if key["public_key"].split()[:2] == public_key.split()[:2]:
+            return key["id"], "unchanged"
+    body = {"name": f"lifeboat-{spec.name}", "public_key": public_key}
+    return call("registering the SSH key", do.ssh_keys.create, body=body)["ssh_key"][
+        "id"
+    ], "created"
+
+
+def ensure_vpc(do: pydo.Client, spec: StackSpec) -> tuple[dict, str]:
+    name = f"lifeboat-{spec.name}"
+    for vpc in paged(do.vpcs.list, "vpcs"):
+        if vpc["name"] == name:
+            if vpc["ip_range"] != spec.vpc_cidr or vpc["region"] != spec.region:
+                raise CloudError(
+                    f"VPC {name} exists with {vpc['ip_range']} in {vpc['region']}, but the spec "
+                    f"asks for {spec.vpc_cidr} in {spec.region}: a VPC cannot be changed in "
+                    "place; set vpc_cidr/region back or destroy the stack first"
+                )
+            return vpc, "unchanged"
+    body = {
+        "name": name,
+        "region": spec.region,
+        "ip_range": spec.vpc_cidr,
+        "description": f"Lifeboat stack {spec.name}",
+    }
+    return call(f"creating VPC {name}", do.vpcs.create, body=body)["vpc"], "created"
+
+
+def create_missing_droplets(
+    do: pydo.Client, spec: StackSpec, vpc_id: str, ssh_key_id: int
+) -> list[str]:
+    """One create call per group for its missing droplets (DigitalOcean builds them in
+    parallel); returns the names created."""
+    existing = {d["name"] for d in stack_droplets(do, spec)}
+    created = []
+    for group in spec.groups:
+        missing = [n for n in spec.nodes() if n.group == group.name and n.name not in existing]
+        if not missing:
+            continue
+        body = {
+            "names": [n.name for n in missing],
+            "region": spec.region,
+            "size": group.size,
+            "image": spec.image,
+            "ssh_keys": [ssh_key_id],
+            "vpc_uuid": vpc_id,
+            "tags": list(missing[0].tags),
+            "monitoring": False,
+        }
+        call(f"creating droplets of group {group.name}", do.droplets.create, body=body)
+        created += body["names"]
+    return created
+
+
+def _firewalls(spec: StackSpec, droplets: list[dict], lb_id: str | None) -> list[dict]:
+    """The stack's firewalls: SSH only from the admin CIDRs; cluster ports only from the
+    VPC; HTTP to WordPress droplets only from the load balancer."""
+    by_name = {d["name"]: d["id"] for d in droplets}
+    vpc = {"addresses": [spec.vpc_cidr]}
+    everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
+    ports = dict(VPC_PORTS)
+    ports[str(spec.haproxy.primary_port)] = "HAProxy primary"
+    ports[str(spec.haproxy.replica_port)] = "HAProxy replicas"
+    ports[str(spec.haproxy.stats_port)] = "HAProxy stats"
+    inbound = [{"protocol": "tcp", "ports": "22", "sources": {"addresses": spec.admin_cidrs}}]
+    inbound += [{"protocol": "tcp", "ports": p, "sources": vpc} for p in sorted(ports)]
+    inbound.append({"protocol": "icmp", "ports": "0", "sources": vpc})
+    outbound = [
+        {"protocol": proto, "ports": "0" if proto == "icmp" else "all", "destinations": everywhere}
+        for proto in ("tcp", "udp", "icmp")
+    ]
+    walls = [
+        {
+            "name": f"lifeboat-{spec.name}",
+            "tags": [spec.stack_tag],
+            "droplet_ids": [],
+            "inbound_rules": inbound,
+            "outbound_rules": outbound,
+        }
+    ]
+    web = [by_name[n.name] for n in spec.nodes_with("wordpress") if n.name in by_name]
+    if web and lb_id:
+        walls.append(
+            {
+                "name": f"lifeboat-{spec.name}-web",
+                "tags": [],
+                "droplet_ids": sorted(web),
+                "inbound_rules": [
+                    {"protocol": "tcp", "ports": "80", "sources": {"load_balancer_uids": [lb_id]}}
+                ],
+                "outbound_rules": outbound,
+            }
+        )
+    return walls
+
+
+def _same_rules(have: list[dict], want: list[dict]) -> bool:
+    """Rules as sets, ignoring empty source/destination kinds the API may add."""
+
+    def norm(rules: list[dict]) -> set[str]:
+        out = set()
+        for r in rules:
+            peers = r.get("sources") or r.get("destinations") or {}
+            peers = {k: sorted(v) for k, v in peers.items() if v}
+            ports = "all" if str(r.get("ports", "")) in ("", "0", "all") else str(r["ports"])
+            out.add(f"{r['protocol']} {ports} {sorted(peers.items())}")
+        return out
+
+    return norm(have) == norm(want)
+
+
+def ensure_firewalls(
+    do: pydo.Client, spec: StackSpec, droplets: list[dict], lb_id: str | None
+) -> str:
+    existing = {f["name"]: f for f in paged(do.firewalls.list, "firewalls")}
+    outcome = "unchanged"
+    for want in _firewalls(spec, droplets, lb_id):
+        have = existing.get(want["name"])
+        if have is None:
+            call(f"creating firewall {want['name']}", do.firewalls.create, body=want)
+            outcome = "created"
+        elif (
+            not _same_rules(have["inbound_rules"], want["inbound_rules"])
+            or not _same_rules(have["outbound_rules"], want["outbound_rules"])
+            or sorted(have.get("droplet_ids", [])) != want["droplet_ids"]
+            or sorted(have.get("tags", [])) != sorted(want["tags"])
+        ):
+            call(
+                f"updating firewall {want['name']}",
+                do.firewalls.update,
+                firewall_id=have["id"],
+                body=want,
+            )
+            outcome = "updated" if outcome == "unchanged" else outcome
+    return outcome
+
+
+def ensure_load_balancer(
+    do: pydo.Client, spec: StackSpec, droplets: list[dict], vpc_id: str
+) -> tuple[dict | None, str]:
+    """One load balancer in front of the WordPress droplets, checking the web tier's health
+    endpoint over HTTP (a TCP check would pass for a broken PHP)."""
+    by_name = {d["name"]: d["id"] for d in droplets}
+    web = sorted(by_name[n.name] for n in spec.nodes_with("wordpress") if n.name in by_name)
+    if not web:
+        return None, "unchanged"
+    name = f"lifeboat-{spec.name}"
+    want = {
+        "name": name,
+        "region": spec.region,
+        "vpc_uuid": vpc_id,
+        "forwarding_rules": [
+            {
+                "entry_protocol": "http",
+                "entry_port": 80,
+                "target_protocol": "http",
+                "target_port": 80,
+            }
+        ],
+        "health_check": {
+            "protocol": "http",
+            "port": 80,
+            "path": WEB_HEALTH_PATH,
+            "check_interval_seconds": 3,
+            "response_timeout_seconds": 3,
+            "healthy_threshold": 2,
+            "unhealthy_threshold": 2,
+        },
+        "droplet_ids": web,
+    }
+    for lb in paged(do.load_balancers.list, "load_balancers"):
+        if lb["name"] == name:
+            same = sorted(lb.get("droplet_ids", [])) == web and all(
+                lb["health_check"].get(k) == v for k, v in want["health_check"].items()
+            )
+            if same:
+                return lb, "unchanged"
+            resp = call(
+                f"updating load balancer {name}",
+                do.load_balancers.update,
+                lb_id=lb["id"],
+                body=want,
+            )
+            return resp["load_balancer"], "updated"
+    resp = call(f"creating load balancer {name}", do.load_balancers.create, body=want)
+    return resp["load_balancer"], "created"

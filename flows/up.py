@@ -1,0 +1,16 @@
+"""up: a stack from nothing, in order: provision, cluster (later: web tier, first backup)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from blocks.stack import StackSpec
+from flows.cluster import cluster
+from flows.provision import provision
+
+
+@flow(name="up")
+def up(spec: StackSpec, credentials: str = "lab") -> dict:
+    hosts = provision(spec, credentials)
+    report = cluster(spec, credentials)
+    return {"hosts": [h.name for h in hosts], "cluster": report}
