@@ -18,7 +18,7 @@ from tasks.hosts import Host
 step = task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 
 
-@step
+@task(cache_policy=NO_CACHE)  # no retries: a bad token or spec stays bad
 def check_account(spec: StackSpec, credentials: str) -> None:
     """Token and spec checked before anything is created."""
     do = droplets.api(DigitalOceanCredentials.load(credentials))

@@ -1,0 +1,44 @@
+"""provision against the local cloud: bad input stops it before anything is created."""
+
+from __future__ import annotations
+
+import pytest
+
+from blocks.credentials import DigitalOceanCredentials
+from blocks.stack import SpecError, StackSpec
+from flows.provision import provision
+from tasks.droplets import CloudError
+
+pytestmark = pytest.mark.e2e
+
+
+def spec(name: str, **changes) -> StackSpec:
+    data = StackSpec.from_yaml("examples/compact.yaml").model_dump()
+    data.update(name=name, vpc_cidr="10.40.0.0/16", **changes)
+    return StackSpec.model_validate(data)
+
+
+def stack_traces(do, stack: StackSpec) -> list[str]:
+    droplets = do.droplets.list(tag_name=stack.stack_tag)["droplets"]
+    vpcs = [v for v in do.vpcs.list()["vpcs"] if v["name"] == f"lifeboat-{stack.name}"]
+    tags = [t for t in do.tags.list()["tags"] if t["name"] == stack.stack_tag]
+    return [d["name"] for d in droplets] + [v["name"] for v in vpcs] + [t["name"] for t in tags]
+
+
+def test_wrong_token_gives_a_clear_error_and_creates_nothing(do, lab, lab_blocks):
+    DigitalOceanCredentials(token="not-the-token", api_url=lab["api_url"]).save(
+        "wrong-token", overwrite=True
+    )
+    stack = spec("badtoken")
+    with pytest.raises(CloudError, match="rejected the API token.*nothing was created"):
+        provision(stack, "wrong-token")
+    assert stack_traces(do, stack) == []
+
+
+def test_unknown_size_is_refused_before_anything_is_created(do, lab_blocks):
+    data = StackSpec.from_yaml("examples/compact.yaml").model_dump()
+    data["groups"][0]["size"] = "s-64vcpu-512gb"
+    stack = spec("badsize", groups=data["groups"])
+    with pytest.raises(SpecError, match="size 's-64vcpu-512gb' is not offered: choose one of"):
+        provision(stack, lab_blocks)
+    assert stack_traces(do, stack) == []
