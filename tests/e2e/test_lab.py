@@ -157,3 +157,45 @@ def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: d
     do.droplets.destroy_by_tag(tag_name=TAG)
     wait_for("droplets gone", lambda: not do.droplets.list(tag_name=TAG)["droplets"], 30)
     assert tcp_state(public_ip(a), 22, timeout=1) != "open"
+
+
+def test_faults_partition_heal_and_s3_outage(do: pydo.Client, lab: dict, ssh_key_id):
+    from lab import faults, spaces
+
+    body = {
+        "name": "lab-fault",
+        "region": "nyc3",
+        "size": "s-1vcpu-1gb",
+        "image": "debian-12-x64",
+        "ssh_keys": [ssh_key_id],
+        "tags": [TAG + "-fault"],
+    }
+    d = do.droplets.create(body=body)["droplet"]
+    d = wait_for(
+        "droplet active",
+        lambda: (x := do.droplets.get(droplet_id=d["id"])["droplet"])["status"] == "active" and x,
+    )
+    assert tcp_state(public_ip(d), 22) == "open"
+    faults.partition("lab-fault")
+    assert tcp_state(public_ip(d), 22) == "silent"  # dropped, not reset: like a lost link
+    faults.heal("lab-fault")
+    assert tcp_state(public_ip(d), 22) == "open"
+    # The droplet reaches Spaces (HTTPS, lab CA in its trust store) until the outage.
+    conn = ssh(lab, public_ip(d))
+    probe = f"curl -sS -o /dev/null -w '%{{http_code}}' --max-time 5 {lab['spaces']['endpoint']}/"
+    assert run(conn, probe).stdout in ("200", "403")
+    s3 = spaces.boto3_client(lab["spaces"])
+    s3.create_bucket(Bucket="fault-test")
+    s3.put_object(Bucket="fault-test", Key="k", Body=b"kept")
+    faults.s3_outage()
+    try:
+        assert not run(conn, probe, warn=True).ok
+        with pytest.raises(Exception):  # noqa: B017 - any client error will do
+            s3.get_object(Bucket="fault-test", Key="k")
+    finally:
+        faults.s3_restore()
+    assert s3.get_object(Bucket="fault-test", Key="k")["Body"].read() == b"kept"
+    s3.delete_object(Bucket="fault-test", Key="k")
+    s3.delete_bucket(Bucket="fault-test")
+    conn.close()
+    do.droplets.destroy(droplet_id=d["id"])
