@@ -6,6 +6,8 @@ UV := uv
 APT_PACKAGES := mmdebstrap systemd-container systemd iproute2 nftables haproxy openssl openssh-client \
                 etcd-server postgresql-15
 PYTEST_ARGS ?=
+# No network but the package registries: Prefect must not try to send telemetry.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: deps demo test test-unit test-e2e lint lab-up lab-down bench
 
