@@ -1,0 +1,133 @@
+"""What the cluster and status runbooks share: the stack's hosts, SSH sessions whose repr
+never shows the key, secrets that print as stars, and pinned host keys saved back."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import paramiko
+from fabric import Connection
+from pydantic import SecretStr
+
+from blocks.credentials import DigitalOceanCredentials, SSHIdentity
+from blocks.stack import StackSpec
+from tasks import droplets
+from tasks import hosts as _hosts
+from tasks.hosts import SSH, Host
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def load_private_key(text: str) -> paramiko.PKey:
+    """An OpenSSH private key of any type. (`paramiko.PKey.from_private_key` on the base
+    class, as tasks/hosts.py calls it, raises TypeError with paramiko 5.)"""
+    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return kind.from_private_key(io.StringIO(text))
+        except paramiko.SSHException:
+            continue
+    raise ValueError("the SSH identity's private key is not an ed25519, ECDSA or RSA key")
+
+
+class _SSH(SSH):
+    """tasks.hosts.SSH with the key loaded by type; pinning and its checks unchanged."""
+
+    def connect(self, host: Host) -> Connection:
+        conn = Connection(
+            host.public_ip,
+            user=self.user,
+            connect_timeout=_hosts.CONNECT_TIMEOUT,
+            connect_kwargs={
+                "pkey": load_private_key(self.private_key),
+                "look_for_keys": False,
+                "allow_agent": False,
+            },
+        )
+        conn.client = paramiko.SSHClient()  # our pins only, never ~/.ssh/known_hosts
+        pinned = self.pins.get(host.pin_key)
+        if pinned:
+            kind, blob = pinned.split()
+            key = paramiko.PKey.from_type_string(kind, _hosts._b64(blob))
+            conn.client.get_host_keys().add(host.public_ip, kind, key)
+        conn.client.set_missing_host_key_policy(_hosts._PinPolicy(self.pins, host.pin_key))
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise _hosts.HostKeyChanged(
+                f"the SSH host key of droplet {host.name} (id {host.droplet_id}, "
+                f"{host.public_ip}) is not the one pinned at first contact. Someone may be "
+                "in the middle; if the droplet was rebuilt on purpose, remove its entry "
+                f"{host.pin_key!r} from the SSH identity block's known_hosts and rerun."
+            ) from exc
+        return conn
+
+
+class Remote:
+    """SSH to the stack's droplets from Prefect tasks (threads share the pins dict)."""
+
+    def __init__(self, private_key: str, pins: dict[str, str]) -> None:
+        self._ssh = _SSH(private_key, dict(pins))
+        self._initial = dict(pins)
+
+    def __repr__(self) -> str:  # Prefect may show task arguments: never the key
+        return f"Remote({len(self._ssh.pins)} pinned host keys)"
+
+    @contextmanager
+    def connect(self, host: Host) -> Iterator[Connection]:
+        conn = self._ssh.connect(host)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @property
+    def new_pins(self) -> dict[str, str]:
+        return {k: v for k, v in self._ssh.pins.items() if self._initial.get(k) != v}
+
+
+def load(spec: StackSpec, credentials: str, complete: bool = True) -> tuple[list[Host], Remote]:
+    """The stack's active droplets (by tag, through the API) and SSH to them. With
+    `complete`, every droplet the spec plans must be there."""
+    do = droplets.api(DigitalOceanCredentials.load(credentials))
+    droplets.check_access(do, credentials)
+    hosts = droplets.inventory(do, spec)
+    missing = sorted({n.name for n in spec.nodes()} - {h.name for h in hosts})
+    if complete and missing:
+        raise ClusterError(
+            f"droplets of stack {spec.name} missing or not active: {', '.join(missing)}; "
+            "run the provision runbook first (`lifeboat up`)"
+        )
+    ident = SSHIdentity.load(credentials)
+    return hosts, Remote(ident.private_key.get_secret_value(), ident.known_hosts)
+
+
+def save_pins(credentials: str, remote: Remote) -> int:
+    """Store host keys first seen in this run in the SSH identity block (reloaded first, so
+    pins another run saved meanwhile are kept)."""
+    new = remote.new_pins
+    if not new:
+        return 0
+    ident = SSHIdentity.load(credentials)
+    ident.known_hosts = {**ident.known_hosts, **new}
+    ident.save(credentials, overwrite=True)
+    return len(new)
+
+
+class Secrets:
+    """The stack's generated passwords; repr and str show no values."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = {k: SecretStr(v) for k, v in values.items()}
+
+    def __repr__(self) -> str:
+        return f"Secrets({', '.join(sorted(self._values))})"
+
+    def reveal(self) -> dict[str, str]:
+        return {k: v.get_secret_value() for k, v in self._values.items()}
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key].get_secret_value()

@@ -1,0 +1,199 @@
+"""The etcd cluster on the etcd droplets: Patroni's DCS.
+
+Debian's etcd-server package starts a single-node etcd (its own cluster id, data in
+/var/lib/etcd/default) the moment it is installed; a member with that data refuses to join
+another cluster. Its data is wiped exactly once per droplet, before it first joins OUR
+cluster; a marker file with our cluster token records that it did, so no later run (even
+one that finds etcd down) can wipe a real member's data.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+
+from fabric import Connection
+
+from blocks.stack import StackSpec
+from tasks.hosts import Host, put, run
+from tasks.render import DESTINATIONS, render
+
+DATA_DIR = "/var/lib/etcd/default"
+MARKER = "/var/lib/etcd/lifeboat-cluster"
+CLIENT_PORT = 2379
+ETCDCTL = "ETCDCTL_API=3 etcdctl --dial-timeout=3s --command-timeout=5s"
+
+
+class EtcdError(RuntimeError):
+    pass
+
+
+def cluster_token(spec: StackSpec) -> str:
+    return f"lifeboat-{spec.name}"
+
+
+def members(hosts: list[Host]) -> dict[str, str]:
+    """{member name: private address} of the etcd droplets, in spec order."""
+    return {h.name: h.private_ip for h in hosts if "etcd" in h.roles}
+
+
+def endpoints(member_ips: dict[str, str] | list[str]) -> str:
+    ips = member_ips.values() if isinstance(member_ips, dict) else member_ips
+    return ",".join(f"http://{ip}:{CLIENT_PORT}" for ip in ips)
+
+
+def _active(conn: Connection, unit: str) -> bool:
+    return run(conn, f"systemctl is-active --quiet {unit}", warn=True, timeout=30).ok
+
+
+def configure(conn: Connection, host: Host, spec: StackSpec, member_ips: dict[str, str]) -> dict:
+    """Place /etc/default/etcd and, the first time only, wipe Debian's single-node data.
+    Starts nothing (members of a new cluster must start together: see `start`).
+    Returns {"config_changed", "wiped", "active"}."""
+    token = cluster_token(spec)
+    content = render(
+        "etcd/etcd.env.j2",
+        name=host.name,
+        address=host.private_ip,
+        members=member_ips,
+        cluster_token=token,
+        data_dir=DATA_DIR,
+    )
+    path, owner, mode = DESTINATIONS["etcd/etcd.env.j2"]
+    marker = run(conn, f"cat {MARKER} 2>/dev/null", warn=True, timeout=30).stdout.strip()
+    wiped = False
+    if marker != token:
+        if marker:
+            # Another Lifeboat cluster's member: joining ours would need `member remove/add`.
+            raise EtcdError(
+                f"{host.name} is a member of etcd cluster {marker!r}, not {token!r}: "
+                "it belongs to another stack; destroy or rebuild the droplet"
+            )
+        run(conn, f"systemctl stop etcd && rm -rf {DATA_DIR}", timeout=120)
+        wiped = True
+    changed = put(conn, path, content, mode, owner)
+    if wiped:
+        run(conn, f"echo {shlex.quote(token)} > {MARKER} && chmod 0644 {MARKER}", timeout=30)
+    run(conn, "systemctl enable --quiet etcd", timeout=60)
+    return {"config_changed": changed, "wiped": wiped, "active": _active(conn, "etcd")}
+
+
+def start(conn: Connection) -> None:
+    """Start without waiting: a new member's start only completes once a quorum is up."""
+    run(conn, "systemctl start --no-block etcd", timeout=60)
+
+
+def restart(conn: Connection) -> None:
+    run(conn, "systemctl restart etcd", timeout=120)
+
+
+def disable(conn: Connection) -> bool:
+    """Stop Debian's default etcd on a droplet that is not an etcd member."""
+    enabled = run(conn, "systemctl is-enabled --quiet etcd", warn=True, timeout=30).ok
+    if not enabled and not _active(conn, "etcd"):
+        return False
+    run(conn, "systemctl disable --now --quiet etcd", timeout=120)
+    return True
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+@dataclass
+class EtcdHealth:
+    members: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "members": self.members, "problems": self.problems}
+
+
+def assess(
+    expected: dict[str, str], member_list: dict, status: list[dict], health: list[dict]
+) -> EtcdHealth:
+    """Judge `etcdctl -w json` output of `member list`, `endpoint status` and `endpoint
+    health` against the members we expect: every one listed with our peer URL, healthy,
+    and all agreeing on exactly one leader."""
+    result = EtcdHealth()
+    listed = {m.get("name", ""): m for m in member_list.get("members", [])}
+    id_to_name = {m["ID"]: name for name, m in listed.items() if "ID" in m}
+    status_by_ip = {s["Endpoint"].split("//")[-1].rsplit(":", 1)[0]: s for s in status}
+    health_by_ip = {h["endpoint"].split("//")[-1].rsplit(":", 1)[0]: h for h in health}
+    leaders = set()
+    for name, ip in expected.items():
+        m = listed.get(name)
+        st = status_by_ip.get(ip, {}).get("Status", {})
+        healthy = bool(health_by_ip.get(ip, {}).get("health"))
+        member_id = st.get("header", {}).get("member_id")
+        is_leader = member_id is not None and member_id == st.get("leader")
+        if st.get("leader"):
+            leaders.add(st["leader"])
+        result.members.append(
+            {
+                "name": name,
+                "address": ip,
+                "healthy": healthy,
+                "leader": is_leader,
+                "version": st.get("version"),
+                "raft_term": st.get("raftTerm"),
+                "db_size": st.get("dbSize"),
+            }
+        )
+        if m is None:
+            result.problems.append(f"{name} is not a member of the etcd cluster")
+        elif f"http://{ip}:2380" not in m.get("peerURLs", []):
+            result.problems.append(f"{name} advertises {m.get('peerURLs')}, not {ip}:2380")
+        if not healthy:
+            result.problems.append(f"{name} ({ip}) is not healthy")
+    extra = sorted(set(listed) - set(expected))
+    if extra:
+        result.problems.append(f"unexpected etcd members: {', '.join(extra)}")
+    if len(leaders) != 1:
+        names = sorted(id_to_name.get(x, str(x)) for x in leaders)
+        result.problems.append(f"members do not agree on one leader: {names or 'none'}")
+    elif sum(m["leader"] for m in result.members) != 1:
+        result.problems.append("the leader the members name is not one of them")
+    return result
+
+
+def _json(text: str, default: object) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def check(conn: Connection, expected: dict[str, str]) -> EtcdHealth:
+    """Ask every member (over the private addresses, from the droplet behind `conn`)."""
+    eps = endpoints(expected)
+    # With a member down etcdctl exits non-zero but still prints the others: parse stdout.
+    mlist = run(conn, f"{ETCDCTL} --endpoints={eps} member list -w json", warn=True, timeout=30)
+    status = run(
+        conn, f"{ETCDCTL} --endpoints={eps} endpoint status -w json", warn=True, timeout=30
+    )
+    health = run(
+        conn, f"{ETCDCTL} --endpoints={eps} endpoint health -w json", warn=True, timeout=30
+    )
+    return assess(
+        expected,
+        _json(mlist.stdout, {}) or {},
+        _json(status.stdout, []) or [],
+        _json(health.stdout, []) or [],
+    )
+
+
+def wait_healthy(conn: Connection, expected: dict[str, str], timeout: float = 120) -> EtcdHealth:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = check(conn, expected)
+        if health.ok:
+            return health
+        if time.monotonic() > deadline:
+            raise EtcdError(f"etcd not healthy after {timeout:.0f}s: {'; '.join(health.problems)}")
+        time.sleep(2)

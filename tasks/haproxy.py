@@ -1,0 +1,186 @@
+"""HAProxy on the haproxy droplets: :primary_port to the Patroni leader, :replica_port across
+healthy replicas, routed by Patroni's REST checks.
+
+A new config is staged next to the live one, checked with `haproxy -c` on the droplet,
+and only then moved into place and reloaded (master-worker: old workers finish their
+connections). The staged copy is kept, so an unchanged rerun writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shlex
+import time
+
+from fabric import Connection
+
+from blocks.stack import StackSpec
+from tasks.hosts import Host, put, run
+from tasks.render import DESTINATIONS, render
+
+LIVE, OWNER, MODE = DESTINATIONS["haproxy/haproxy.cfg.j2"]
+STAGED = LIVE + ".lifeboat"
+SOCKET = "/run/haproxy/admin.sock"
+PGPASS = "/root/.lifeboat-pgpass"
+# `show stat` through the admin socket with the droplet's own python3 (no socat there).
+_SHOW_STAT = (
+    'python3 -c "import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(5); '
+    f"s.connect('{SOCKET}'); s.sendall(b'show stat\\n'); "
+    "print(b''.join(iter(lambda: s.recv(65536), b'')).decode())\""
+)
+
+
+class HAProxyError(RuntimeError):
+    pass
+
+
+def render_config(spec: StackSpec, host: Host, postgres_nodes: dict[str, str], stats: str) -> str:
+    return render(
+        "haproxy/haproxy.cfg.j2",
+        spec=spec,
+        address=host.private_ip,
+        postgres_nodes=postgres_nodes,
+        stats_password=stats,
+    )
+
+
+def _scrub(text: str, secret: str) -> str:
+    return text.replace(secret, "**********") if secret else text
+
+
+def configure(
+    conn: Connection, host: Host, spec: StackSpec, postgres_nodes: dict[str, str], stats: str
+) -> dict[str, bool]:
+    """Stage, validate, install and reload when the config differs; start if stopped.
+    Returns {"config_changed", "reloaded", "started"}."""
+    content = render_config(spec, host, postgres_nodes, stats)
+    put(conn, STAGED, content, MODE, OWNER)
+    same = run(
+        conn,
+        f"cmp -s {STAGED} {LIVE} && [ \"$(stat -c '%a %U:%G' {LIVE})\" = "
+        f"\"$(stat -c '%a %U:%G' {STAGED})\" ]",
+        warn=True,
+        timeout=30,
+    ).ok
+    changed = not same
+    if changed:
+        check = run(conn, f"haproxy -c -q -f {STAGED}", warn=True, timeout=60)
+        if not check.ok:
+            # haproxy may quote the offending line, which could be the stats password's.
+            raise HAProxyError(
+                f"haproxy -c rejected the rendered config on {host.name}: "
+                + _scrub((check.stderr or check.stdout).strip(), stats)
+            )
+        run(conn, f"cp -p {STAGED} {LIVE}.tmp && mv {LIVE}.tmp {LIVE}", timeout=30)
+    active = run(conn, "systemctl is-active --quiet haproxy", warn=True, timeout=30).ok
+    run(conn, "systemctl enable --quiet haproxy", timeout=60)
+    if not active:
+        run(conn, "systemctl start haproxy", timeout=60)
+    elif changed:
+        run(conn, "systemctl reload haproxy", timeout=60)
+    return {"config_changed": changed, "reloaded": active and changed, "started": not active}
+
+
+def disable(conn: Connection) -> bool:
+    """Stop Debian's default HAProxy on a droplet without the haproxy role."""
+    enabled = run(conn, "systemctl is-enabled --quiet haproxy", warn=True, timeout=30).ok
+    active = run(conn, "systemctl is-active --quiet haproxy", warn=True, timeout=30).ok
+    if not (enabled or active):
+        return False
+    run(conn, "systemctl disable --now --quiet haproxy", timeout=60)
+    return True
+
+
+# --- backends ----------------------------------------------------------------------------
+
+
+def parse_stat(csv_text: str) -> dict[str, dict[str, str]]:
+    """`show stat` CSV -> {proxy: {server: status}} (FRONTEND/BACKEND rows left out)."""
+    text = csv_text.lstrip("# ")
+    backends: dict[str, dict[str, str]] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        proxy, server = row.get("pxname"), row.get("svname")
+        if not proxy or server in (None, "FRONTEND", "BACKEND"):
+            continue
+        backends.setdefault(proxy, {})[server] = (row.get("status") or "").split()[0]
+    return backends
+
+
+def assess_backends(
+    backends: dict[str, dict[str, str]], leader: str, replicas: list[str]
+) -> list[str]:
+    """Only the leader UP in `primary`; exactly the streaming replicas UP in `replicas`."""
+    problems = []
+    up = {
+        p: sorted(s for s, st in servers.items() if st == "UP") for p, servers in backends.items()
+    }
+    if up.get("primary") != [leader]:
+        problems.append(f"primary backend has {up.get('primary', [])} UP, expected [{leader}]")
+    if up.get("replicas") != sorted(replicas):
+        problems.append(f"replicas backend has {up.get('replicas', [])} UP, expected {replicas}")
+    return problems
+
+
+def backends(conn: Connection) -> dict[str, dict[str, str]]:
+    res = run(conn, _SHOW_STAT, warn=True, timeout=20)
+    if not res.ok:
+        raise HAProxyError(f"HAProxy's stats socket did not answer on {conn.host}")
+    return parse_stat(res.stdout)
+
+
+def wait_backends(
+    conn: Connection, leader: str, replicas: list[str], timeout: float = 60
+) -> dict[str, dict[str, str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = backends(conn)
+            problems = assess_backends(found, leader, replicas)
+        except HAProxyError as exc:
+            found, problems = {}, [str(exc)]
+        if not problems:
+            return found
+        if time.monotonic() > deadline:
+            raise HAProxyError(f"HAProxy on {conn.host}: {'; '.join(problems)}")
+        time.sleep(1)
+
+
+def place_pgpass(conn: Connection, spec: StackSpec, password: str) -> None:
+    """A 0600 password file for psql through the local HAProxy ports (never an argument)."""
+    h = spec.haproxy
+    lines = [
+        f"127.0.0.1:{port}:*:{spec.patroni.superuser}:{password}"
+        for port in (h.primary_port, h.replica_port)
+    ]
+    put(conn, PGPASS, "\n".join(lines) + "\n", "0600", "root:root")
+
+
+def query(conn: Connection, spec: StackSpec, port: int, sql: str) -> str:
+    """One value through HAProxy on this droplet, as the superuser (password from PGPASS)."""
+    cmd = (
+        f"PGPASSFILE={PGPASS} PGCONNECT_TIMEOUT=5 psql -XAt -h 127.0.0.1 -p {port} "
+        f"-U {shlex.quote(spec.patroni.superuser)} -d postgres -c {shlex.quote(sql)}"
+    )
+    res = run(conn, cmd, warn=True, timeout=30)
+    if not res.ok:
+        raise HAProxyError(
+            f"psql through {conn.host}:{port} failed: {res.stderr.strip().splitlines()[-1:]}"
+        )
+    return res.stdout.strip()
+
+
+def verify_routing(conn: Connection, spec: StackSpec) -> dict[str, str]:
+    """:primary_port reaches a server not in recovery, :replica_port one in recovery."""
+    h = spec.haproxy
+    primary = query(conn, spec, h.primary_port, "SELECT pg_is_in_recovery()")
+    replica = query(conn, spec, h.replica_port, "SELECT pg_is_in_recovery()")
+    if primary != "f":
+        raise HAProxyError(f"{conn.host}:{h.primary_port} reached a server in recovery")
+    if replica != "t":
+        raise HAProxyError(f"{conn.host}:{h.replica_port} reached a server not in recovery")
+    return {"primary_port": "read-write", "replica_port": "read-only"}
+
+
+def haproxy_status(conn: Connection) -> dict[str, dict[str, str]]:
+    return backends(conn)

@@ -1,0 +1,413 @@
+"""Patroni + PostgreSQL on the postgres droplets: install, configure, bootstrap in order,
+verify, change dynamic configuration, restart one member at a time.
+
+Patroni's REST API listens on the private address only (the cloud firewall admits the VPC,
+not the orchestrator), so every query runs on a droplet over SSH: `curl` for the open
+GET endpoints, `patronictl` (which reads the REST credentials from patroni.yml) for the
+protected ones. No password ever appears on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fabric import Connection
+
+from blocks.stack import StackSpec
+from tasks import guc
+from tasks.etcd import ETCDCTL, endpoints
+from tasks.hosts import Host, put, run
+from tasks.render import DESTINATIONS, render
+from tasks.wheelhouse import VENV, install_patroni
+
+CONFIG = DESTINATIONS["patroni/patroni.yml.j2"][0]
+UNIT = DESTINATIONS["patroni/patroni.service.j2"][0]
+NAMESPACE = "/lifeboat/"  # patroni.yml.j2's `namespace`
+PATRONICTL = f"{VENV}/bin/patronictl -c {CONFIG}"
+REST_PORT = 8008
+PATCH_FILE = "/root/lifeboat-dcs-patch.json"
+
+
+class PatroniError(RuntimeError):
+    pass
+
+
+def render_config(spec: StackSpec, host: Host, etcd_ips: list[str], passwords: dict) -> str:
+    return render(
+        "patroni/patroni.yml.j2",
+        spec=spec,
+        name=host.name,
+        address=host.private_ip,
+        etcd_hosts=etcd_ips,
+        passwords=passwords,
+    )
+
+
+def desired_dynamic(spec: StackSpec) -> dict[str, Any]:
+    """The dynamic (DCS) configuration the spec asks for: patroni.yml's bootstrap.dcs, so
+    the template stays the one place that defines it. Passwords do not appear there."""
+    dummy = Host("x", 0, "192.0.2.1", "192.0.2.1")
+    text = render_config(spec, dummy, ["192.0.2.1"], _NO_PASSWORDS)
+    return yaml.safe_load(text)["bootstrap"]["dcs"]
+
+
+class _NoPasswords(dict):
+    def __missing__(self, key: str) -> str:
+        return "unused"
+
+
+_NO_PASSWORDS = _NoPasswords()
+
+
+# --- install and configure ---------------------------------------------------------------
+
+
+def configure(
+    conn: Connection,
+    host: Host,
+    spec: StackSpec,
+    etcd_ips: list[str],
+    passwords: dict[str, str],
+    wheels: Path,
+) -> dict[str, bool]:
+    """Install Patroni and place its config and unit; starts nothing.
+    Returns {"installed", "config_changed", "unit_changed", "active"}."""
+    installed = install_patroni(conn, wheels)
+    # pg_dropcluster may leave no version directory; Patroni's initdb needs its parent.
+    version = spec.postgres.version
+    run(conn, f"install -d -o postgres -g postgres -m 0755 /var/lib/postgresql/{version}")
+    path, owner, mode = DESTINATIONS["patroni/patroni.yml.j2"]
+    config_changed = put(conn, path, render_config(spec, host, etcd_ips, passwords), mode, owner)
+    path, owner, mode = DESTINATIONS["patroni/patroni.service.j2"]
+    unit_changed = put(conn, path, render("patroni/patroni.service.j2"), mode, owner)
+    if unit_changed:
+        run(conn, "systemctl daemon-reload", timeout=60)
+    run(conn, "systemctl enable --quiet patroni", timeout=60)
+    return {
+        "installed": installed,
+        "config_changed": config_changed,
+        "unit_changed": unit_changed,
+        "active": is_active(conn),
+    }
+
+
+def is_active(conn: Connection) -> bool:
+    return run(conn, "systemctl is-active --quiet patroni", warn=True, timeout=30).ok
+
+
+def start(conn: Connection) -> None:
+    run(conn, "systemctl start patroni", timeout=60)
+
+
+def reload(conn: Connection) -> None:
+    """SIGHUP: Patroni rereads patroni.yml without restarting PostgreSQL."""
+    run(conn, "systemctl reload patroni", timeout=60)
+
+
+def restart_service(conn: Connection) -> None:
+    """Restart Patroni itself (a new unit file); it stops PostgreSQL cleanly first."""
+    run(conn, "systemctl restart patroni", timeout=180)
+
+
+def initialized(conn: Connection, spec: StackSpec, etcd_ips: list[str]) -> bool:
+    """Has a Patroni cluster of this scope ever been bootstrapped (its initialize key)?"""
+    key = shlex.quote(f"{NAMESPACE}{spec.name}/initialize")
+    res = run(
+        conn,
+        f"{ETCDCTL} --endpoints={endpoints(etcd_ips)} get {key} --print-value-only",
+        timeout=30,
+    )
+    return bool(res.stdout.strip())
+
+
+# --- REST API (open GET endpoints) -------------------------------------------------------
+
+
+def _get(conn: Connection, ip: str, path: str) -> tuple[int, str]:
+    res = run(
+        conn,
+        f"curl -s --max-time 5 -w '\\n%{{http_code}}' http://{ip}:{REST_PORT}{path}",
+        warn=True,
+        timeout=20,
+    )
+    body, _, code = res.stdout.rpartition("\n")
+    return (int(code) if code.strip().isdigit() else 0), body
+
+
+def get_json(conn: Connection, ip: str, path: str) -> dict | None:
+    code, body = _get(conn, ip, path)
+    if code == 0 or not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def is_primary(conn: Connection, ip: str) -> bool:
+    return _get(conn, ip, "/primary")[0] == 200
+
+
+def wait_primary(conn: Connection, ip: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_primary(conn, ip):
+        if time.monotonic() > deadline:
+            state = get_json(conn, ip, "/patroni") or {}
+            raise PatroniError(
+                f"{ip} did not become the primary within {timeout:.0f}s "
+                f"(state {state.get('state', 'unknown')!r}); see `journalctl -u patroni`"
+            )
+        time.sleep(2)
+
+
+# --- the cluster as Patroni reports it -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    role: str
+    state: str
+    host: str = ""
+    timeline: int | None = None
+    lag: int | None = None  # bytes behind the leader; None when unknown
+    pending_restart: bool = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role in ("leader", "standby_leader")
+
+
+def _lag(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def parse_cluster(data: dict) -> list[Member]:
+    """Members from Patroni's GET /cluster."""
+    members = []
+    for m in data.get("members", []):
+        lags = [_lag(m.get(k)) for k in ("lag", "receive_lag", "replay_lag") if k in m]
+        lag = None if any(x is None for x in lags) else max(lags, default=0)
+        members.append(
+            Member(
+                name=m["name"],
+                role=m.get("role", ""),
+                state=m.get("state", ""),
+                host=m.get("host", ""),
+                timeline=m.get("timeline"),
+                lag=None if m.get("role") == "leader" else lag,
+                pending_restart=bool(m.get("pending_restart")),
+            )
+        )
+    return members
+
+
+def assess_cluster(
+    members: list[Member], expected: list[str], synchronous: bool, max_lag: int = 0
+) -> list[str]:
+    """What stops this cluster from being what we promised: exactly one leader, running;
+    every other expected member streaming with lag <= max_lag on the leader's timeline;
+    with synchronous replication, a synchronous standby. Empty when healthy."""
+    problems = []
+    by_name = {m.name: m for m in members}
+    missing = [n for n in expected if n not in by_name]
+    if missing:
+        problems.append(f"not in the cluster: {', '.join(missing)}")
+    extra = sorted(set(by_name) - set(expected))
+    if extra:
+        problems.append(f"unexpected members: {', '.join(extra)}")
+    leaders = [m for m in members if m.is_leader]
+    if len(leaders) != 1:
+        problems.append(f"{len(leaders)} leaders ({', '.join(m.name for m in leaders) or 'none'})")
+        return problems
+    leader = leaders[0]
+    if leader.state != "running":
+        problems.append(f"leader {leader.name} is {leader.state!r}, not running")
+    for m in members:
+        if m is leader:
+            continue
+        if m.state != "streaming":
+            problems.append(f"{m.name} is {m.state!r}, not streaming")
+        if m.timeline != leader.timeline:
+            problems.append(f"{m.name} is on timeline {m.timeline}, leader on {leader.timeline}")
+        if m.lag is None or m.lag > max_lag:
+            problems.append(f"{m.name} lags {m.lag if m.lag is not None else 'unknown'} bytes")
+    if synchronous and len(expected) > 1 and not any(m.role == "sync_standby" for m in members):
+        problems.append("no synchronous standby although replication is synchronous")
+    return problems
+
+
+def cluster(conn: Connection, ip: str) -> list[Member]:
+    data = get_json(conn, ip, "/cluster")
+    return parse_cluster(data) if data else []
+
+
+def wait_healthy(
+    conn: Connection, ip: str, expected: list[str], synchronous: bool, timeout: float = 300
+) -> list[Member]:
+    """Poll /cluster (through member `ip`) until `assess_cluster` finds nothing wrong."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = cluster(conn, ip)
+        problems = assess_cluster(members, expected, synchronous)
+        if not problems:
+            return members
+        if time.monotonic() > deadline:
+            raise PatroniError(
+                f"Patroni cluster not healthy after {timeout:.0f}s: {'; '.join(problems)}"
+            )
+        time.sleep(2)
+
+
+def restart_order(members: list[Member], only_pending: bool = True) -> list[str]:
+    """Members to restart, one at a time: replicas first (asynchronous ones, then the
+    synchronous standby, so a synchronous standby is there while the others restart),
+    the leader last. Patroni starts a replica with at least the primary's values of
+    max_connections & co. (from pg_controldata), so replicas first is safe both ways."""
+    chosen = [m for m in members if m.pending_restart or not only_pending]
+    replicas = sorted(
+        (m for m in chosen if not m.is_leader), key=lambda m: (m.role == "sync_standby", m.name)
+    )
+    return [m.name for m in replicas] + [m.name for m in chosen if m.is_leader]
+
+
+def restart_member(conn: Connection, spec: StackSpec, name: str) -> None:
+    """Restart one member's PostgreSQL through its REST API (POST /restart waits for it)."""
+    res = run(
+        conn,
+        f"{PATRONICTL} restart {shlex.quote(spec.name)} {shlex.quote(name)} --force",
+        warn=True,
+        timeout=300,
+    )
+    if f"Success: restart on member {name}" not in res.stdout:
+        raise PatroniError(f"restart of {name} failed: {(res.stdout + res.stderr).strip()}")
+
+
+# --- dynamic configuration ---------------------------------------------------------------
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Patroni compares str() forms too (patch_config): 100 == "100", True == "True".
+    if isinstance(a, bool) or isinstance(b, bool):
+        return str(a).lower() == str(b).lower()
+    return str(a) == str(b)
+
+
+def config_patch(current: dict, desired: dict) -> dict:
+    """The PATCH that makes the DCS config `current` carry everything in `desired`.
+    PostgreSQL parameters not in `desired` are removed (None): the spec owns them. Other
+    keys Patroni or an operator set (pause, standby_cluster, ...) are left alone."""
+    patch: dict[str, Any] = {}
+    for key, want in desired.items():
+        have = current.get(key)
+        if isinstance(want, dict):
+            sub = config_patch(have if isinstance(have, dict) else {}, want)
+            if key == "parameters" and isinstance(have, dict):
+                sub.update({k: None for k in have if k not in want})
+            if sub:
+                patch[key] = sub
+        elif key not in current or not _same(have, want):
+            patch[key] = want
+    return patch
+
+
+def changed_parameters(patch: dict) -> dict[str, Any]:
+    return dict(patch.get("postgresql", {}).get("parameters", {}))
+
+
+def apply_dynamic(conn: Connection, ip: str, spec: StackSpec) -> dict:
+    """Bring the DCS configuration in line with the spec (through `patronictl edit-config`,
+    which writes the DCS with a compare-and-set); returns the patch applied ({} if none)."""
+    current = get_json(conn, ip, "/config")
+    if current is None:
+        raise PatroniError(f"Patroni at {ip} did not return its dynamic configuration")
+    patch = config_patch(current, desired_dynamic(spec))
+    if not patch:
+        return {}
+    put(conn, PATCH_FILE, json.dumps(patch, sort_keys=True), "0600", "root:root")
+    res = run(conn, f"{PATRONICTL} edit-config --force --quiet --apply {PATCH_FILE}", warn=True)
+    if not res.ok:
+        raise PatroniError(f"patronictl edit-config failed: {(res.stderr or res.stdout).strip()}")
+    after = get_json(conn, ip, "/config") or {}
+    left = config_patch(after, desired_dynamic(spec))
+    if left:
+        raise PatroniError(f"the DCS configuration still differs after the edit: {left}")
+    return patch
+
+
+def parameter_states(conn: Connection, params: dict[str, Any], pending: bool) -> dict[str, str]:
+    """For one member: each parameter "applied" (the server runs with it), "pending" (needs
+    a restart: pg_settings says so, or Patroni does, for the settings it passes on the
+    command line) or "waiting" (not reloaded yet)."""
+    if not params:
+        return {}
+    names = ",".join("'" + n.replace("'", "''") + "'" for n in params)
+    query = (
+        "SELECT name, setting, coalesce(unit, ''), vartype, pending_restart "
+        f"FROM pg_settings WHERE name IN ({names})"
+    )
+    res = run(
+        conn,
+        f"runuser -u postgres -- psql -h /var/run/postgresql -XAt -F '|' -c {shlex.quote(query)}",
+        warn=True,
+        timeout=30,
+    )
+    rows = {}
+    for line in res.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 5:
+            rows[parts[0]] = parts[1:]
+    states = {}
+    for name, wanted in params.items():
+        row = rows.get(name)
+        if row is None:
+            states[name] = "waiting" if res.ok and wanted is not None else "applied"
+            continue
+        setting, unit, vartype, row_pending = row
+        if wanted is None or guc.matches(wanted, setting, unit or None, vartype):
+            states[name] = "applied"
+        elif row_pending == "t" or pending:
+            states[name] = "pending"
+        else:
+            states[name] = "waiting"
+    return states
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+def member_info(conn: Connection, ip: str) -> dict:
+    """GET /patroni of one member: state, role, postmaster start time, timeline."""
+    data = get_json(conn, ip, "/patroni") or {}
+    return {
+        "state": data.get("state"),
+        "role": data.get("role"),
+        "postmaster_start_time": data.get("postmaster_start_time"),
+        "timeline": data.get("timeline"),
+        "pending_restart": bool(data.get("pending_restart")),
+    }
+
+
+def patroni_status(conn: Connection, ip: str, expected: list[str], synchronous: bool) -> dict:
+    members = cluster(conn, ip)
+    return {
+        "ok": not assess_cluster(members, expected, synchronous),
+        "members": [asdict(m) for m in members],
+        "problems": assess_cluster(members, expected, synchronous)
+        if members
+        else [f"no answer from Patroni at {ip}"],
+    }
+
+
+@dataclass
+class StartReport:
+    bootstrapped: str | None = None
+    started: list[str] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
