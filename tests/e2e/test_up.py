@@ -1,0 +1,177 @@
+"""`lifeboat up` for both example specs in the local cloud: from nothing to a verified
+cluster; a rerun changes nothing; a partitioned primary loses no acknowledged write; no
+secret shows up in anything the runs leave behind."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from blocks.credentials import DigitalOceanCredentials, SpacesCredentials, SSHIdentity
+from blocks.secrets import POSTGRES_SUPERUSER, cluster_secrets
+from blocks.stack import StackSpec
+from flows import remote as rm
+from flows.status import stack_status
+from flows.up import up
+from lab import faults
+from tasks import haproxy, patroni
+from tasks.hosts import put, run
+from tests.e2e.conftest import wait_for
+from tests.e2e.secrets_scan import leaks, readable_texts, ssh_key_fragments
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = ("article", "compact")
+
+
+@pytest.fixture(scope="module")
+def stacks(lab_blocks: str) -> dict[str, tuple[StackSpec, dict]]:
+    """Both examples, each brought up from nothing once for this module."""
+    out = {}
+    for name in EXAMPLES:
+        spec = StackSpec.from_yaml(f"examples/{name}.yaml")
+        out[name] = (spec, up(spec, lab_blocks))
+    return out
+
+
+def _leader(members: list[patroni.Member]) -> patroni.Member:
+    (leader,) = [m for m in members if m.is_leader]
+    return leader
+
+
+def _cluster(spec: StackSpec, credentials: str) -> list[patroni.Member]:
+    hosts, remote = rm.load(spec, credentials)
+    db = next(h for h in hosts if "postgres" in h.roles)
+    with remote.connect(db) as conn:
+        return patroni.cluster(conn, db.private_ip)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_from_nothing_to_a_verified_cluster(stacks, lab_blocks, name):
+    spec, _ = stacks[name]
+    members = _cluster(spec, lab_blocks)
+    expected = [n.name for n in spec.nodes_with("postgres")]
+    assert patroni.assess_cluster(members, expected, spec.synchronous_mode) == []
+    # Every HAProxy routes :5000 to the primary and :5001 to a replica.
+    hosts, remote = rm.load(spec, lab_blocks)
+    for host in (h for h in hosts if "haproxy" in h.roles):
+        with remote.connect(host) as conn:
+            assert (
+                haproxy.query(conn, spec, spec.haproxy.primary_port, "SELECT pg_is_in_recovery()")
+                == "f"
+            )
+            assert (
+                haproxy.query(conn, spec, spec.haproxy.replica_port, "SELECT pg_is_in_recovery()")
+                == "t"
+            )
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_a_rerun_creates_nothing_and_restarts_nothing(stacks, lab_blocks, do, name):
+    spec, _ = stacks[name]
+    ids_before = sorted(d["id"] for d in do.droplets.list(tag_name=spec.stack_tag)["droplets"])
+    before = stack_status(spec, lab_blocks)
+    result = up(spec, lab_blocks)
+    after = stack_status(spec, lab_blocks)
+    ids_after = sorted(d["id"] for d in do.droplets.list(tag_name=spec.stack_tag)["droplets"])
+    assert ids_after == ids_before
+    changed = {k: v for k, v in result["cluster"]["steps"].items() if v != "unchanged"}
+    assert changed == {}, changed
+    assert result["cluster"]["changed"] is False
+
+    def started(status: dict) -> dict:
+        """systemd's ActiveEnterTimestamp per unit and PostgreSQL's start time per droplet."""
+        return {
+            d["name"]: (d["services"], (d.get("postgres") or {}).get("postmaster_start_time"))
+            for d in status["droplets"]
+        }
+
+    assert any(units for units, _ in started(before).values())
+    assert started(after) == started(before)
+
+
+WRITER = """
+import sys, time, uuid, psycopg2
+deadline = time.time() + float(sys.argv[1])
+out = open("/root/acked.txt", "w")
+conn = None
+while time.time() < deadline:
+    key = str(uuid.uuid4())
+    try:
+        if conn is None:
+            conn = psycopg2.connect(host="127.0.0.1", port=int(sys.argv[2]), dbname="postgres",
+                                    user="postgres", connect_timeout=2, keepalives_idle=2,
+                                    keepalives_interval=1, keepalives_count=2)
+            conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO probe (k) VALUES (%s)", (key,))
+        out.write(key + "\\n")
+        out.flush()
+    except Exception:
+        try:
+            conn.close()
+        except Exception:
+            pass
+        conn = None
+    time.sleep(0.05)
+"""
+
+
+def test_partitioned_primary_loses_no_acknowledged_write(stacks, lab_blocks):
+    """Cut the primary's droplet off for 45 s while a client writes through HAProxy every
+    50 ms with its own keys; heal it. One leader (not the old one), every replica streaming
+    on its timeline, and every acknowledged write is on it."""
+    spec, _ = stacks["compact"]
+    hosts, remote = rm.load(spec, lab_blocks)
+    web = next(h for h in hosts if "haproxy" in h.roles)
+    old = _leader(_cluster(spec, lab_blocks))
+    password = cluster_secrets(spec.name)[POSTGRES_SUPERUSER]
+    port = spec.haproxy.primary_port
+    with remote.connect(web) as conn:
+        haproxy.place_pgpass(conn, spec, password)
+        put(conn, "/root/.pgpass", f"127.0.0.1:{port}:*:postgres:{password}\n", "0600")
+        haproxy.query(conn, spec, port, "CREATE TABLE IF NOT EXISTS probe (k uuid PRIMARY KEY)")
+        put(conn, "/root/writer.py", WRITER)
+        run(
+            conn,
+            "rm -f /root/acked.txt; nohup python3 /root/writer.py 75 "
+            f"{port} >/root/writer.log 2>&1 &",
+        )
+    time.sleep(10)
+    faults.partition(old.name)
+    try:
+        time.sleep(45)
+    finally:
+        faults.heal(old.name)
+    time.sleep(25)  # the writer runs on past the heal
+    expected = [n.name for n in spec.nodes_with("postgres")]
+
+    def healthy():
+        members = _cluster(spec, lab_blocks)
+        return members if not patroni.assess_cluster(members, expected, True) else None
+
+    members = wait_for("cluster healthy after the heal", healthy, timeout=240, every=3)
+    assert _leader(members).name != old.name
+    with remote.connect(web) as conn:
+        acked = set(run(conn, "cat /root/acked.txt").stdout.split())
+        stored = set(haproxy.query(conn, spec, port, "SELECT k FROM probe").split())
+    assert len(acked) > 300  # the client kept writing before and after the failover
+    assert acked - stored == set(), f"{len(acked - stored)} acknowledged writes lost"
+
+
+def test_no_secret_in_logs_artifacts_or_errors(stacks, lab, lab_blocks):
+    """Runs last in this module: everything the runs above left, searched for secrets."""
+    secrets = {}
+    for spec, _ in stacks.values():
+        secrets.update({f"{spec.name} {k}": v for k, v in cluster_secrets(spec.name).items()})
+    secrets["API token"] = DigitalOceanCredentials.load(lab_blocks).token.get_secret_value()
+    secrets["Spaces secret"] = SpacesCredentials.load(lab_blocks).secret_key.get_secret_value()
+    secrets.update(ssh_key_fragments(lab["ssh_private_key"]))
+    assert SSHIdentity.load(lab_blocks).private_key  # the key being searched for is the one used
+    texts = readable_texts()
+    assert len(texts) > 50  # the runs above did leave logs to search
+    assert leaks(secrets, texts) == []
+    # And the return values of the runs (what the CLI prints).
+    for _, result in stacks.values():
+        assert leaks(secrets, {"result": json.dumps(result, default=str)}) == []
