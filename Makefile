@@ -46,5 +46,7 @@ test: deps
 	$(UV) run lifeboat lab up
 	$(UV) run pytest $(PYTEST_ARGS); rc=$$?; $(UV) run lifeboat lab down || rc=1; exit $$rc
 
+# Benchmarks print figures; they assert nothing.
 bench: lab-up
 	$(UV) run python -m lab.bench
+	$(UV) run python -m lab.bench_up

@@ -312,3 +312,35 @@ def ensure_load_balancer(
             return resp["load_balancer"], "updated"
     resp = call(f"creating load balancer {name}", do.load_balancers.create, body=want)
     return resp["load_balancer"], "created"
+
+
+def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> list[str]:
+    """Everything the stack owns in the cloud: droplets (by tag), load balancer, firewalls,
+    then the VPC once it is empty, then the stack's tag. Returns what was removed."""
+    gone = []
+    names = {f"lifeboat-{spec.name}", f"lifeboat-{spec.name}-web"}
+    for lb in paged(do.load_balancers.list, "load_balancers"):
+        if lb["name"] in names:
+            call(f"deleting load balancer {lb['name']}", do.load_balancers.delete, lb_id=lb["id"])
+            gone.append(f"load balancer {lb['name']}")
+    for fw in paged(do.firewalls.list, "firewalls"):
+        if fw["name"] in names:
+            call(f"deleting firewall {fw['name']}", do.firewalls.delete, firewall_id=fw["id"])
+            gone.append(f"firewall {fw['name']}")
+    doomed = stack_droplets(do, spec)
+    if doomed:
+        call("destroying droplets", do.droplets.destroy_by_tag, tag_name=spec.stack_tag)
+        gone += [f"droplet {d['name']}" for d in doomed]
+    deadline = time.monotonic() + timeout
+    for vpc in paged(do.vpcs.list, "vpcs"):
+        if vpc["name"] != f"lifeboat-{spec.name}":
+            continue
+        while do.vpcs.list_members(vpc_id=vpc["id"]).get("members"):
+            if time.monotonic() > deadline:
+                raise CloudError(f"VPC {vpc['name']} still has members after {timeout:.0f}s")
+            time.sleep(2)
+        call(f"deleting VPC {vpc['name']}", do.vpcs.delete, vpc_id=vpc["id"])
+        gone.append(f"vpc {vpc['name']}")
+    if any(t["name"] == spec.stack_tag for t in paged(do.tags.list, "tags")):
+        call(f"deleting tag {spec.stack_tag}", do.tags.delete, tag_id=spec.stack_tag)
+    return gone
