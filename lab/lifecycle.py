@@ -65,6 +65,7 @@ def up() -> dict:
     ca.ensure_ca()
     image.ensure_image()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
+    _raise_host_limits()
     network.ensure_public_bridge()
     nft.apply_firewalls([], [], {})
     token = secrets.token_hex(32)
@@ -104,6 +105,21 @@ def up() -> dict:
     os.chmod(LAB_FILE, 0o600)
     _say(f"up in {time.monotonic() - started:.1f}s: API {API_URL}, Spaces {s3['endpoint']}")
     return info()
+
+
+# Every container's systemd, journald, udev and logind hold inotify instances, all counted
+# against root's limit of 128 by default: about twenty droplets exhaust it and the next
+# one's boot hangs. Raised, never lowered (other software on the host may rely on more).
+HOST_LIMITS = {
+    "/proc/sys/fs/inotify/max_user_instances": 8192,
+    "/proc/sys/fs/inotify/max_user_watches": 524288,
+}
+
+
+def _raise_host_limits() -> None:
+    for path, wanted in HOST_LIMITS.items():
+        if int(Path(path).read_text()) < wanted:
+            Path(path).write_text(f"{wanted}\n")
 
 
 def _start_api() -> None:
