@@ -32,6 +32,8 @@ lab-down: deps
 
 demo: lab-up
 	$(UV) run lifeboat lab status
+	$(UV) run lifeboat up --spec examples/article.yaml
+	$(UV) run lifeboat status --spec examples/article.yaml
 
 test-unit: deps
 	$(UV) run pytest -m "not e2e" $(PYTEST_ARGS)
