@@ -89,7 +89,41 @@ def status_cmd(
 
 
 def _status_text(status: dict) -> str:
-    return json.dumps(status, indent=2, default=str)
+    """The status report for people: one line per droplet, member and backend."""
+    out = [f"stack {status['stack']}: {'healthy' if status['ok'] else 'NOT HEALTHY'}"]
+    out.append("droplets:")
+    for d in status["droplets"]:
+        state = d.get("error") or ", ".join(
+            f"{u} since {t or '-'}" for u, t in d.get("services", {}).items()
+        )
+        out.append(
+            f"  {d['name']:<24} {d['public_ip']:<15} {d['private_ip']:<15} "
+            f"{','.join(d['roles']):<22} {state}"
+        )
+    out += [f"  {name:<24} MISSING" for name in status["missing_droplets"]]
+    etcd = status["etcd"]
+    out.append(
+        f"etcd: {'ok' if etcd.get('ok') else 'NOT OK'} {'; '.join(etcd.get('problems', []))}"
+    )
+    patroni = status["patroni"]
+    out.append(
+        f"patroni: {'ok' if patroni.get('ok') else 'NOT OK'} "
+        f"{'; '.join(patroni.get('problems', []))}"
+    )
+    for m in patroni.get("members", []):
+        lag = "-" if m.get("lag") is None else f"{m['lag']} B"
+        out.append(
+            f"  {m['name']:<24} {m['role']:<13} {m['state']:<10} "
+            f"timeline {m.get('timeline')}  lag {lag}"
+        )
+    for host, backends in status["haproxy"].items():
+        if "error" in backends:
+            out.append(f"haproxy {host}: {backends['error']}")
+            continue
+        for listener, servers in backends.items():
+            up = [n for n, st in servers.items() if st == "UP"]
+            out.append(f"haproxy {host} {listener}: UP {', '.join(up) or 'none'}")
+    return "\n".join(out)
 
 
 @lab_app.command("up")
