@@ -7,6 +7,7 @@ a restart it needs is reported, and done one member at a time (replicas first) w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -158,25 +159,11 @@ def patroni_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, resta
     first = hosts[0]
     expected = [h.name for h in hosts]
     with remote.connect(first) as conn:
-        patch = patroni.apply_dynamic(conn, first.private_ip, spec)
+        patch = patroni.apply_dynamic(conn, spec)
     params = patroni.changed_parameters(patch)
-    wanted = {k: v for k, v in params.items() if v is not None}
-    states: dict[str, dict[str, str]] = {}
-    deadline = time.monotonic() + 20 + 4 * spec.patroni.loop_wait
-    for host in hosts:
-        with remote.connect(host) as conn:
-            while True:
-                pending = patroni.member_info(conn, host.private_ip)["pending_restart"]
-                states[host.name] = patroni.parameter_states(conn, wanted, pending)
-                if "waiting" not in states[host.name].values() or time.monotonic() > deadline:
-                    break
-                time.sleep(1)
-    late = {n: [p for p, s in st.items() if s == "waiting"] for n, st in states.items()}
-    late = {n: p for n, p in late.items() if p}
-    if late:
-        raise patroni.PatroniError(f"parameters not applied after the DCS change: {late}")
-    with remote.connect(first) as conn:
-        members = patroni.cluster(conn, first.private_ip)
+    if patch:
+        _wait_reloaded(remote, hosts, spec, {k: v for k, v in params.items() if v is not None})
+    members = _live_pending(remote, hosts)
     pending = [m.name for m in members if m.pending_restart]
     restarted = []
     if pending and restart:
@@ -189,9 +176,7 @@ def patroni_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, resta
                     conn, first.private_ip, expected, spec.synchronous_mode, timeout=300
                 )
             restarted.append(name)
-        with remote.connect(first) as conn:
-            members = patroni.cluster(conn, first.private_ip)
-        pending = [m.name for m in members if m.pending_restart]
+        pending = [m.name for m in _live_pending(remote, hosts) if m.pending_restart]
     elif pending:
         log.warning(
             "PostgreSQL restart pending on %s: rerun with restart=True to restart them one at "
@@ -204,6 +189,42 @@ def patroni_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, resta
         "pending_restart": pending,
         "restarted": restarted,
     }
+
+
+def _wait_reloaded(remote: Remote, hosts: list[Host], spec: StackSpec, wanted: dict) -> None:
+    """Wait until every member has taken the new DCS configuration: each parameter with a
+    value in effect or pending a restart, and two Patroni loops gone by (a value that was
+    already in effect, or a removed parameter, says nothing about whether Patroni has
+    reloaded and recomputed pending_restart yet)."""
+    now = time.monotonic()
+    deadline = now + 20 + 4 * spec.patroni.loop_wait
+    settle = now + 2 * spec.patroni.loop_wait + 2
+    late: dict[str, list[str]] = {}
+    for host in hosts:
+        with remote.connect(host) as conn:
+            while True:
+                pending = patroni.member_info(conn, host.private_ip)["pending_restart"]
+                states = patroni.parameter_states(conn, wanted, pending)
+                waiting = [p for p, st in states.items() if st == "waiting"]
+                if (not waiting and time.monotonic() >= settle) or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+        if waiting:
+            late[host.name] = waiting
+    if late:
+        raise patroni.PatroniError(f"parameters not applied after the DCS change: {late}")
+
+
+def _live_pending(remote: Remote, hosts: list[Host]) -> list[patroni.Member]:
+    """Members with roles from /cluster and pending_restart from each member's own
+    GET /patroni (the copy in the DCS lags by up to a loop)."""
+    with remote.connect(hosts[0]) as conn:
+        members = patroni.cluster(conn, hosts[0].private_ip)
+    live = {}
+    for host in hosts:
+        with remote.connect(host) as conn:
+            live[host.name] = patroni.member_info(conn, host.private_ip)["pending_restart"]
+    return [dataclasses.replace(m, pending_restart=live.get(m.name, False)) for m in members]
 
 
 def _flatten(patch: dict, prefix: str = "") -> list[str]:

@@ -4,6 +4,7 @@ never shows the key, secrets that print as stars, and pinned host keys saved bac
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -67,21 +68,37 @@ class _SSH(SSH):
 
 
 class Remote:
-    """SSH to the stack's droplets from Prefect tasks (threads share the pins dict)."""
+    """SSH to the stack's droplets from Prefect tasks, one connection per droplet for the
+    whole run, shared by the tasks (channels are independent; a per-host lock keeps two
+    threads from driving one Connection at once). Fewer logins also sidesteps a lab
+    defect: a login that arrives while a droplet's idle user@0.service is being stopped
+    waits ~100 s (systemd cannot kill the container's cgroup and waits for the timeout)."""
 
     def __init__(self, private_key: str, pins: dict[str, str]) -> None:
         self._ssh = _SSH(private_key, dict(pins))
         self._initial = dict(pins)
+        self._conns: dict[str, Connection] = {}
+        self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
 
     def __repr__(self) -> str:  # Prefect may show task arguments: never the key
         return f"Remote({len(self._ssh.pins)} pinned host keys)"
 
     @contextmanager
     def connect(self, host: Host) -> Iterator[Connection]:
-        conn = self._ssh.connect(host)
-        try:
+        with self._guard:
+            lock = self._locks.setdefault(host.name, threading.RLock())
+        with lock:
+            conn = self._conns.get(host.name)
+            transport = conn.client.get_transport() if conn is not None else None
+            if transport is None or not transport.is_active():
+                conn = self._conns[host.name] = self._ssh.connect(host)
             yield conn
-        finally:
+
+    def close(self) -> None:
+        with self._guard:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
             conn.close()
 
     @property
@@ -108,6 +125,7 @@ def load(spec: StackSpec, credentials: str, complete: bool = True) -> tuple[list
 def save_pins(credentials: str, remote: Remote) -> int:
     """Store host keys first seen in this run in the SSH identity block (reloaded first, so
     pins another run saved meanwhile are kept)."""
+    remote.close()
     new = remote.new_pins
     if not new:
         return 0

@@ -321,12 +321,20 @@ def changed_parameters(patch: dict) -> dict[str, Any]:
     return dict(patch.get("postgresql", {}).get("parameters", {}))
 
 
-def apply_dynamic(conn: Connection, ip: str, spec: StackSpec) -> dict:
+def dcs_config(conn: Connection) -> dict:
+    """The dynamic configuration as stored in the DCS now (GET /config answers from
+    Patroni's cached view, which lags an edit by up to a loop)."""
+    res = run(conn, f"{PATRONICTL} show-config", warn=True, timeout=60)
+    data = yaml.safe_load(res.stdout) if res.ok else None
+    if not isinstance(data, dict):
+        raise PatroniError(f"patronictl show-config failed: {(res.stderr or res.stdout).strip()}")
+    return data
+
+
+def apply_dynamic(conn: Connection, spec: StackSpec) -> dict:
     """Bring the DCS configuration in line with the spec (through `patronictl edit-config`,
     which writes the DCS with a compare-and-set); returns the patch applied ({} if none)."""
-    current = get_json(conn, ip, "/config")
-    if current is None:
-        raise PatroniError(f"Patroni at {ip} did not return its dynamic configuration")
+    current = dcs_config(conn)
     patch = config_patch(current, desired_dynamic(spec))
     if not patch:
         return {}
@@ -334,7 +342,7 @@ def apply_dynamic(conn: Connection, ip: str, spec: StackSpec) -> dict:
     res = run(conn, f"{PATRONICTL} edit-config --force --quiet --apply {PATCH_FILE}", warn=True)
     if not res.ok:
         raise PatroniError(f"patronictl edit-config failed: {(res.stderr or res.stdout).strip()}")
-    after = get_json(conn, ip, "/config") or {}
+    after = dcs_config(conn)
     left = config_patch(after, desired_dynamic(spec))
     if left:
         raise PatroniError(f"the DCS configuration still differs after the edit: {left}")
