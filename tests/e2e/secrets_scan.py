@@ -49,7 +49,7 @@ def leaks(secrets: dict[str, str], texts: dict[str, str]) -> list[str]:
         f"{name} in {where}"
         for name, value in secrets.items()
         for where, text in texts.items()
-        if value and value in text
+        if value and value in (text or "")
     ]
 
 
