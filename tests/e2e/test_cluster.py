@@ -1,0 +1,221 @@
+"""The cluster runbook against the local cloud, on examples/compact.yaml (5 droplets) under a
+unique stack name: from nothing to a verified cluster, a rerun that restarts nothing, a
+reload-only parameter change, and a restart-needing one applied replicas first.
+
+The tests run in order on one stack (module fixture); each checks the result with its own
+probes (SSH, curl, psql through HAProxy), not only what the flow reports."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pydo
+import pytest
+
+from blocks.credentials import SSHIdentity
+from blocks.secrets import cluster_secrets
+from blocks.stack import StackSpec
+from flows.cluster import cluster
+from flows.provision import provision
+from flows.status import parse_show, stack_status
+from tasks.droplets import inventory, paged
+from tasks.hosts import Host, run
+from tests.e2e.conftest import ssh, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def spec_with(base: StackSpec, **parameters: object) -> StackSpec:
+    data = base.model_dump()
+    data["postgres"]["parameters"] = {**data["postgres"]["parameters"], **parameters}
+    return StackSpec.model_validate(data)
+
+
+def destroy(do: pydo.Client, spec: StackSpec) -> None:
+    """Everything provision made for the stack, except the (empty) Spaces bucket."""
+    do.droplets.destroy_by_tag(tag_name=spec.stack_tag)
+    name = f"lifeboat-{spec.name}"
+    for lb in paged(do.load_balancers.list, "load_balancers"):
+        if lb["name"] == name:
+            do.load_balancers.delete(lb_id=lb["id"])
+    for fw in paged(do.firewalls.list, "firewalls"):
+        if fw["name"] == name or fw["name"].startswith(f"{name}-"):
+            do.firewalls.delete(firewall_id=fw["id"])
+    wait_for(
+        "droplets destroyed",
+        lambda: not do.droplets.list(tag_name=spec.stack_tag)["droplets"],
+        120,
+        every=2,
+    )
+    for vpc in paged(do.vpcs.list, "vpcs"):
+        if vpc["name"] == name:
+            do.vpcs.delete(vpc_id=vpc["id"])
+
+
+@pytest.fixture(scope="module")
+def stack(do: pydo.Client, lab: dict, lab_blocks: str):
+    base = StackSpec.from_yaml("examples/compact.yaml").model_dump()
+    # A unique name and VPC range: independent of other stacks in the shared lab.
+    name = f"cl{random.randrange(16**4):04x}"
+    base.update(name=name, vpc_cidr=f"10.{random.randrange(150, 250)}.0.0/20")
+    spec = StackSpec.model_validate(base)
+    destroy(do, spec)
+    try:
+        provision(spec, lab_blocks)
+        hosts = inventory(do, spec)
+        for host in hosts:
+            # Lab defect, not the runbook's: in these containers systemd cannot kill the
+            # cgroup of root's idle user manager, so stopping it takes ~100 s and a login
+            # arriving meanwhile waits that long. Lingering keeps user@0 running.
+            with ssh(lab, host.public_ip) as conn:
+                run(conn, "loginctl enable-linger root", timeout=30)
+        yield {"spec": spec, "hosts": hosts, "timings": {}}
+    finally:
+        destroy(do, spec)
+
+
+def by_role(hosts: list[Host], role: str) -> list[Host]:
+    return [h for h in hosts if role in h.roles]
+
+
+def through_haproxy(lab: dict, host: Host, port: int, sql: str) -> str:
+    """psql through HAProxy on `host`, with the password file the runbook placed there."""
+    with ssh(lab, host.public_ip) as conn:
+        res = run(
+            conn,
+            f"PGPASSFILE=/root/.lifeboat-pgpass psql -XAt -h 127.0.0.1 -p {port} -U postgres "
+            f"-d postgres -c '{sql}'",
+            timeout=30,
+        )
+    return res.stdout.strip()
+
+
+def patroni_cluster(lab: dict, host: Host) -> dict:
+    with ssh(lab, host.public_ip) as conn:
+        out = run(conn, f"curl -s --max-time 5 http://{host.private_ip}:8008/cluster", timeout=20)
+    return json.loads(out.stdout)
+
+
+def snapshot(lab: dict, hosts: list[Host]) -> dict:
+    """What a restart would change: systemd's ActiveEnterTimestamp of etcd, patroni and
+    haproxy, HAProxy's process ids (a reload replaces the workers), PostgreSQL start time."""
+    units = {"etcd": "etcd", "postgres": "patroni", "haproxy": "haproxy"}
+    snap = {}
+    for host in hosts:
+        names = [u for role, u in units.items() if role in host.roles]
+        with ssh(lab, host.public_ip) as conn:
+            out = run(conn, f"systemctl show -p Id -p ActiveEnterTimestamp {' '.join(names)}")
+            entry: dict = {"since": parse_show(out.stdout)}
+            if "haproxy" in host.roles:
+                entry["haproxy_pids"] = run(conn, "pgrep -x haproxy | sort").stdout.split()
+            if "postgres" in host.roles:
+                patroni = run(conn, f"curl -s http://{host.private_ip}:8008/patroni").stdout
+                entry["postmaster_start"] = json.loads(patroni)["postmaster_start_time"]
+        assert all(entry["since"].values()), (host.name, entry)
+        snap[host.name] = entry
+    return snap
+
+
+def test_from_nothing_to_a_verified_cluster(stack, lab, lab_blocks):
+    spec, hosts = stack["spec"], stack["hosts"]
+    t0 = time.monotonic()
+    result = cluster(spec, lab_blocks)
+    stack["timings"]["first run"] = time.monotonic() - t0
+    print(f"\ncompact from nothing to verified: {stack['timings']['first run']:.1f} s")
+    print(json.dumps(result["timings"]))
+
+    assert result["changed"]
+    assert result["steps"]["etcd"].startswith("changed: formed from")
+    assert "bootstrapped on" in result["steps"]["patroni"]
+    assert result["pending_restart"] == []
+
+    # Our own checks, independent of the flow's verification.
+    db, web = by_role(hosts, "postgres"), by_role(hosts, "haproxy")
+    members = patroni_cluster(lab, db[0])["members"]
+    leaders = [m for m in members if m["role"] == "leader"]
+    assert len(leaders) == 1 and leaders[0]["name"] == db[0].name  # the first node bootstrapped
+    replicas = [m for m in members if m["role"] != "leader"]
+    assert {m["state"] for m in replicas} == {"streaming"} and len(replicas) == 2
+    assert {m["timeline"] for m in members} == {leaders[0]["timeline"]}
+    assert any(m["role"] == "sync_standby" for m in replicas)
+    for host in web:
+        assert through_haproxy(lab, host, 5000, "SELECT pg_is_in_recovery()") == "f"
+        assert through_haproxy(lab, host, 5001, "SELECT pg_is_in_recovery()") == "t"
+    with ssh(lab, db[1].public_ip) as conn:
+        # Debian's default cluster is gone for good, and etcd is our three-member cluster.
+        assert run(conn, "pg_lsclusters --no-header").stdout.strip() == ""
+        eps = ",".join(f"http://{h.private_ip}:2379" for h in db)
+        out = run(conn, f"ETCDCTL_API=3 etcdctl --endpoints={eps} member list -w json").stdout
+        assert sorted(m["name"] for m in json.loads(out)["members"]) == [h.name for h in db]
+        assert run(conn, "systemctl is-enabled patroni").stdout.strip() == "enabled"
+
+    # Host keys pinned at first contact are in the SSH identity block.
+    pins = SSHIdentity.load(lab_blocks).known_hosts
+    assert all(h.pin_key in pins for h in hosts)
+    # No generated password anywhere in what the run returns.
+    text = json.dumps(result, default=str)
+    assert not [name for name, pw in cluster_secrets(spec.name).items() if pw in text]
+
+
+def test_rerun_changes_and_restarts_nothing(stack, lab, lab_blocks):
+    spec, hosts = stack["spec"], stack["hosts"]
+    before = snapshot(lab, hosts)
+    t0 = time.monotonic()
+    result = cluster(spec, lab_blocks)
+    stack["timings"]["rerun"] = time.monotonic() - t0
+    print(f"\nrerun: {stack['timings']['rerun']:.1f} s")
+    assert set(result["steps"].values()) == {"unchanged"}, result["steps"]
+    assert not result["changed"]
+    assert snapshot(lab, hosts) == before
+
+
+def test_reload_parameter_applied_without_restart(stack, lab, lab_blocks):
+    spec, hosts = spec_with(stack["spec"], work_mem="8MB"), stack["hosts"]
+    web = by_role(hosts, "haproxy")[0]
+    assert through_haproxy(lab, web, 5000, "SHOW work_mem") == "4MB"
+    before = snapshot(lab, hosts)
+    result = cluster(spec, lab_blocks)
+    assert result["steps"]["parameters"].startswith("changed: DCS postgresql.parameters.work_mem")
+    assert result["pending_restart"] == []
+    assert through_haproxy(lab, web, 5000, "SHOW work_mem") == "8MB"
+    assert through_haproxy(lab, web, 5001, "SHOW work_mem") == "8MB"
+    after = snapshot(lab, hosts)
+    # patroni.yml's bootstrap section changed too: Patroni reloaded, nothing restarted.
+    assert {n: e["postmaster_start"] for n, e in after.items() if "postmaster_start" in e} == {
+        n: e["postmaster_start"] for n, e in before.items() if "postmaster_start" in e
+    }
+    assert after == before
+
+
+def test_restart_parameter_reported_then_applied_replicas_first(stack, lab, lab_blocks):
+    spec = spec_with(stack["spec"], work_mem="8MB", max_connections=150)
+    hosts = stack["hosts"]
+    db, web = by_role(hosts, "postgres"), by_role(hosts, "haproxy")[0]
+    result = cluster(spec, lab_blocks)
+    assert sorted(result["pending_restart"]) == [h.name for h in db]
+    assert "PENDING RESTART" in result["steps"]["parameters"]
+    assert through_haproxy(lab, web, 5000, "SHOW max_connections") == "100"
+
+    members = patroni_cluster(lab, db[0])["members"]
+    leader = next(m["name"] for m in members if m["role"] == "leader")
+    starts = {n: e["postmaster_start"] for n, e in snapshot(lab, db).items()}
+    result = cluster(spec, lab_blocks, restart=True)
+    restarted = result["details"]["parameters"]["restarted"]
+    assert sorted(restarted) == [h.name for h in db]
+    assert restarted[-1] == leader  # replicas first, the primary last
+    assert result["pending_restart"] == []
+    after = {n: e["postmaster_start"] for n, e in snapshot(lab, db).items()}
+    assert all(after[n] != starts[n] for n in starts)
+    assert through_haproxy(lab, web, 5000, "SHOW max_connections") == "150"
+    assert through_haproxy(lab, web, 5001, "SHOW max_connections") == "150"
+
+    # And the status report agrees.
+    status = stack_status(spec, lab_blocks)
+    assert status["ok"], status
+    assert status["etcd"]["ok"] and len(status["etcd"]["members"]) == 3
+    roles = sorted(m["role"] for m in status["patroni"]["members"])
+    assert roles == ["leader", "replica", "sync_standby"]
+    for backends in status["haproxy"].values():
+        assert [s for s, st in backends["primary"].items() if st == "UP"] == [leader]
