@@ -22,7 +22,8 @@ step = task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def check_account(spec: StackSpec, credentials: str) -> None:
     """Token and spec checked before anything is created."""
     do = droplets.api(DigitalOceanCredentials.load(credentials))
-    droplets.check_access(do, credentials)
+    account = droplets.check_access(do, credentials)
+    droplets.check_droplet_limit(do, spec, account)
     regions = {r["slug"] for r in droplets.paged(do.regions.list, "regions") if r["available"]}
     sizes = {s["slug"] for s in droplets.paged(do.sizes.list, "sizes") if s["available"]}
     spec.check_catalog(regions, sizes)

@@ -80,6 +80,20 @@ def inventory(do: pydo.Client, spec: StackSpec) -> list[Host]:
     return hosts
 
 
+def check_droplet_limit(do: pydo.Client, spec: StackSpec, account: dict) -> None:
+    """Refuse up front what the account's droplet limit would stop halfway."""
+    existing = {d["name"] for d in stack_droplets(do, spec)}
+    missing = [n.name for n in spec.nodes() if n.name not in existing]
+    total = sum(1 for _ in paged(do.droplets.list, "droplets"))
+    limit = account.get("droplet_limit")
+    if limit is not None and total + len(missing) > limit:
+        raise CloudError(
+            f"stack {spec.name} needs {len(missing)} more droplets, but the account already "
+            f"has {total} of its limit of {limit}: destroy unused droplets or ask "
+            "DigitalOcean for a higher limit; nothing was created"
+        )
+
+
 def wait_active(
     do: pydo.Client, spec: StackSpec, names: set[str], timeout: float = 600
 ) -> list[dict]:

@@ -42,3 +42,16 @@ def test_unknown_size_is_refused_before_anything_is_created(do, lab_blocks):
     with pytest.raises(SpecError, match="size 's-64vcpu-512gb' is not offered: choose one of"):
         provision(stack, lab_blocks)
     assert stack_traces(do, stack) == []
+
+
+def test_a_stack_over_the_droplet_limit_is_refused_before_anything_is_created(do, lab_blocks):
+    limit = do.account.get()["account"]["droplet_limit"]
+    data = StackSpec.from_yaml("examples/compact.yaml").model_dump()
+    # Three more groups of up to 20 droplets: more than the account may ever have.
+    extra = [{"name": f"x{i}", "count": 20, "roles": ["wordpress"]} for i in range(3)]
+    data["groups"] += extra
+    assert sum(g["count"] for g in data["groups"]) > limit
+    stack = spec("toobig", groups=data["groups"])
+    with pytest.raises(CloudError, match=r"needs \d+ more droplets.*nothing was created"):
+        provision(stack, lab_blocks)
+    assert stack_traces(do, stack) == []
