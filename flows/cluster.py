@@ -253,7 +253,7 @@ def haproxy_verify(
     with remote.connect(host) as conn:
         backends = haproxy.wait_backends(conn, leader, replicas, timeout=60)
         haproxy.place_pgpass(conn, spec, secrets[POSTGRES_SUPERUSER])
-        routing = haproxy.verify_routing(conn, spec)
+        routing = haproxy.verify_routing(conn, spec, replicas=bool(replicas))
     return {"backends": backends, "routing": routing}
 
 

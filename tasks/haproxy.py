@@ -170,16 +170,18 @@ def query(conn: Connection, spec: StackSpec, port: int, sql: str) -> str:
     return res.stdout.strip()
 
 
-def verify_routing(conn: Connection, spec: StackSpec) -> dict[str, str]:
-    """:primary_port reaches a server not in recovery, :replica_port one in recovery."""
+def verify_routing(conn: Connection, spec: StackSpec, replicas: bool = True) -> dict[str, str]:
+    """:primary_port reaches a server not in recovery, :replica_port one in recovery (a
+    single-node stack has no replica to reach)."""
     h = spec.haproxy
-    primary = query(conn, spec, h.primary_port, "SELECT pg_is_in_recovery()")
-    replica = query(conn, spec, h.replica_port, "SELECT pg_is_in_recovery()")
-    if primary != "f":
+    if query(conn, spec, h.primary_port, "SELECT pg_is_in_recovery()") != "f":
         raise HAProxyError(f"{conn.host}:{h.primary_port} reached a server in recovery")
-    if replica != "t":
-        raise HAProxyError(f"{conn.host}:{h.replica_port} reached a server not in recovery")
-    return {"primary_port": "read-write", "replica_port": "read-only"}
+    result = {"primary_port": "read-write", "replica_port": "no replicas"}
+    if replicas:
+        if query(conn, spec, h.replica_port, "SELECT pg_is_in_recovery()") != "t":
+            raise HAProxyError(f"{conn.host}:{h.replica_port} reached a server not in recovery")
+        result["replica_port"] = "read-only"
+    return result
 
 
 def haproxy_status(conn: Connection) -> dict[str, dict[str, str]]:
