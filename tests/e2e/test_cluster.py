@@ -171,6 +171,23 @@ def test_rerun_changes_and_restarts_nothing(stack, lab, lab_blocks):
     assert snapshot(lab, hosts) == before
 
 
+def test_rerun_starts_what_was_stopped(stack, lab, lab_blocks):
+    """A crashed or stopped member: the rerun starts it (and only it) and verifies."""
+    spec, hosts = stack["spec"], stack["hosts"]
+    db = by_role(hosts, "postgres")
+    members = patroni_cluster(lab, db[0])["members"]
+    replica_name = next(m["name"] for m in members if m["role"] != "leader")
+    replica = next(h for h in db if h.name == replica_name)
+    with ssh(lab, replica.public_ip) as conn:
+        run(conn, "systemctl stop patroni etcd", timeout=120)
+    result = cluster(spec, lab_blocks)
+    assert result["steps"]["etcd"] == f"changed: started {replica.name}"
+    assert result["steps"]["patroni"] == f"changed: started {replica.name}"
+    assert result["steps"]["packages"] == "unchanged"
+    states = {m["name"]: m["state"] for m in patroni_cluster(lab, db[0])["members"]}
+    assert states[replica.name] == "streaming"
+
+
 def test_reload_parameter_applied_without_restart(stack, lab, lab_blocks):
     spec, hosts = spec_with(stack["spec"], work_mem="8MB"), stack["hosts"]
     web = by_role(hosts, "haproxy")[0]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from blocks.stack import StackSpec
+from flows.remote import Remote, Secrets, load_private_key
 from flows.status import parse_show
 from tasks import etcd, guc, haproxy, packages, patroni
 
@@ -296,3 +297,30 @@ def test_parse_systemctl_show_in_any_property_order():
         "Id=etcd.service\nActiveEnterTimestamp=\n"
     )
     assert parse_show(text) == {"haproxy": "Thu 2026-11-26 12:42:43 UTC", "etcd": ""}
+
+
+# --- secrets stay out of reprs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa", "ecdsa"])
+def test_private_keys_of_each_type_load(tmp_path, kind):
+    import subprocess
+
+    path = tmp_path / "id"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True, timeout=60
+    )
+    assert (
+        load_private_key(path.read_text())
+        .get_name()
+        .startswith({"ed25519": "ssh-ed25519", "rsa": "ssh-rsa", "ecdsa": "ecdsa-sha2"}[kind])
+    )
+
+
+def test_remote_and_secrets_never_show_values():
+    remote = Remote("-----BEGIN OPENSSH PRIVATE KEY-----\nsecretkeymaterial", {"1/x": "k"})
+    assert "secretkeymaterial" not in repr(remote) and "PRIVATE" not in str(remote)
+    secrets = Secrets({"postgres-superuser": "Pw1secretvalue"})
+    assert "Pw1secretvalue" not in repr(secrets) and "Pw1secretvalue" not in str(secrets)
+    assert secrets["postgres-superuser"] == "Pw1secretvalue"
+    assert secrets.reveal() == {"postgres-superuser": "Pw1secretvalue"}
