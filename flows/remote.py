@@ -3,68 +3,21 @@ never shows the key, secrets that print as stars, and pinned host keys saved bac
 
 from __future__ import annotations
 
-import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import paramiko
 from fabric import Connection
 from pydantic import SecretStr
 
 from blocks.credentials import DigitalOceanCredentials, SSHIdentity
 from blocks.stack import StackSpec
 from tasks import droplets
-from tasks import hosts as _hosts
 from tasks.hosts import SSH, Host
 
 
 class ClusterError(RuntimeError):
     pass
-
-
-def load_private_key(text: str) -> paramiko.PKey:
-    """An OpenSSH private key of any type. (`paramiko.PKey.from_private_key` on the base
-    class, as tasks/hosts.py calls it, raises TypeError with paramiko 5.)"""
-    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        try:
-            return kind.from_private_key(io.StringIO(text))
-        except paramiko.SSHException:
-            continue
-    raise ValueError("the SSH identity's private key is not an ed25519, ECDSA or RSA key")
-
-
-class _SSH(SSH):
-    """tasks.hosts.SSH with the key loaded by type; pinning and its checks unchanged."""
-
-    def connect(self, host: Host) -> Connection:
-        conn = Connection(
-            host.public_ip,
-            user=self.user,
-            connect_timeout=_hosts.CONNECT_TIMEOUT,
-            connect_kwargs={
-                "pkey": load_private_key(self.private_key),
-                "look_for_keys": False,
-                "allow_agent": False,
-            },
-        )
-        conn.client = paramiko.SSHClient()  # our pins only, never ~/.ssh/known_hosts
-        pinned = self.pins.get(host.pin_key)
-        if pinned:
-            kind, blob = pinned.split()
-            key = paramiko.PKey.from_type_string(kind, _hosts._b64(blob))
-            conn.client.get_host_keys().add(host.public_ip, kind, key)
-        conn.client.set_missing_host_key_policy(_hosts._PinPolicy(self.pins, host.pin_key))
-        try:
-            conn.open()
-        except paramiko.BadHostKeyException as exc:
-            raise _hosts.HostKeyChanged(
-                f"the SSH host key of droplet {host.name} (id {host.droplet_id}, "
-                f"{host.public_ip}) is not the one pinned at first contact. Someone may be "
-                "in the middle; if the droplet was rebuilt on purpose, remove its entry "
-                f"{host.pin_key!r} from the SSH identity block's known_hosts and rerun."
-            ) from exc
-        return conn
 
 
 class Remote:
@@ -75,7 +28,7 @@ class Remote:
     waits ~100 s (systemd cannot kill the container's cgroup and waits for the timeout)."""
 
     def __init__(self, private_key: str, pins: dict[str, str]) -> None:
-        self._ssh = _SSH(private_key, dict(pins))
+        self._ssh = SSH(private_key, dict(pins))
         self._initial = dict(pins)
         self._conns: dict[str, Connection] = {}
         self._locks: dict[str, threading.RLock] = {}

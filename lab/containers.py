@@ -39,10 +39,16 @@ def is_mounted(path: Path) -> bool:
 
 
 def mount_disk(droplet_id: int, image: Path) -> Path:
-    """Mount the droplet's overlay (idempotent); returns the root directory."""
+    """Mount the droplet's overlay (idempotent); returns the root directory. A droplet keeps
+    the image it was created from, even after the lab's image is rebuilt."""
     base = droplet_dir(droplet_id)
     for sub in ("upper", "work", "merged"):
         (base / sub).mkdir(parents=True, exist_ok=True)
+    recorded = base / "image"
+    if recorded.exists():
+        image = Path(recorded.read_text())
+    else:
+        recorded.write_text(str(image))
     root = base / "merged"
     if not is_mounted(root):
         opts = f"lowerdir={image},upperdir={base / 'upper'},workdir={base / 'work'}"

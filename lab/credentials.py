@@ -30,7 +30,7 @@ def save_blocks(info: dict, name: str = LAB_BLOCKS) -> str:
         pins = known.known_hosts if known.public_key == info["ssh_public_key"] else {}
     except ValueError:
         pins = {}
-    SSHIdentity(
-        private_key=private_key, public_key=info["ssh_public_key"], known_hosts=pins
-    ).save(name, overwrite=True)
+    SSHIdentity(private_key=private_key, public_key=info["ssh_public_key"], known_hosts=pins).save(
+        name, overwrite=True
+    )
     return name

@@ -97,6 +97,10 @@ def _customize(rootfs: Path) -> None:
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     (rootfs / "etc/machine-id").write_text("")
+    # Keep root's systemd user manager running: stopping it after the last session fails in
+    # these containers (its cgroup cannot be killed) and stalls new logins for ~100 s.
+    (rootfs / "var/lib/systemd/linger").mkdir(parents=True, exist_ok=True)
+    (rootfs / "var/lib/systemd/linger/root").touch()
     # No console login in a container; nothing to wait for on the network.
     for unit in (
         "console-getty.service",

@@ -63,7 +63,7 @@ def up() -> dict:
         down(quiet=True)
     started = time.monotonic()
     ca.ensure_ca()
-    image.ensure_image()
+    rootfs = image.ensure_image()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     _raise_host_limits()
     network.ensure_public_bridge()
@@ -97,6 +97,7 @@ def up() -> dict:
     lab = {
         "api_url": API_URL,
         "api_token_file": str(TOKEN_FILE),
+        "image": str(rootfs),
         "ssh_private_key": str(SSH_KEY),
         "ssh_public_key": SSH_KEY.with_suffix(".pub").read_text().strip(),
         "spaces": {k: str(v) for k, v in s3.items()},

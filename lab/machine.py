@@ -4,9 +4,17 @@ nftables rules, load balancers HAProxy processes on the host."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
+from pathlib import Path
 
-from lab import containers, image, loadbalancers, network, nft
+from lab import containers, loadbalancers, network, nft
+from lab.config import LAB_FILE
+
+
+def _image() -> Path:
+    """The image `lab up` built or found: new droplets boot from it."""
+    return Path(json.loads(LAB_FILE.read_text())["image"])
 
 
 def _address(droplet: dict, kind: str) -> dict:
@@ -22,7 +30,7 @@ class MachineCloud:
         network.create_droplet_network(
             droplet["id"], public["ip_address"], private["ip_address"], prefix, bridge
         )
-        containers.mount_disk(droplet["id"], image.image_path())
+        containers.mount_disk(droplet["id"], _image())
         containers.first_boot_setup(droplet["id"], droplet["name"], ssh_public_keys)
         containers.boot(droplet["id"], droplet["name"])
 
@@ -48,7 +56,7 @@ class MachineCloud:
 
     def power_on(self, droplet: dict) -> None:
         nft.release(droplet["id"], "off")
-        containers.mount_disk(droplet["id"], image.image_path())
+        containers.mount_disk(droplet["id"], _image())
         containers.boot(droplet["id"], droplet["name"])
 
     def destroy_droplet(self, droplet: dict) -> None:

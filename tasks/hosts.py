@@ -8,6 +8,7 @@ run with an error that says which droplet and what to do.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import shlex
@@ -72,7 +73,7 @@ class SSH:
     user: str = "root"
 
     def connect(self, host: Host) -> Connection:
-        pkey = paramiko.PKey.from_private_key(io.StringIO(self.private_key))
+        pkey = load_private_key(self.private_key)
         conn = Connection(
             host.public_ip,
             user=self.user,
@@ -100,9 +101,17 @@ class SSH:
 
 
 def _b64(text: str) -> bytes:
-    import base64
-
     return base64.b64decode(text)
+
+
+def load_private_key(text: str) -> paramiko.PKey:
+    """An OpenSSH private key of any type (paramiko 5's PKey base class cannot load one)."""
+    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return kind.from_private_key(io.StringIO(text))
+        except paramiko.SSHException:
+            continue
+    raise ValueError("the SSH identity's private key is not an ed25519, ECDSA or RSA key")
 
 
 def run(

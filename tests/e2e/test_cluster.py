@@ -20,9 +20,9 @@ from blocks.stack import StackSpec
 from flows.cluster import cluster
 from flows.provision import provision
 from flows.status import parse_show, stack_status
-from tasks.droplets import inventory, paged
+from tasks.droplets import destroy_stack, inventory
 from tasks.hosts import Host, run
-from tests.e2e.conftest import ssh, wait_for
+from tests.e2e.conftest import ssh
 
 pytestmark = pytest.mark.e2e
 
@@ -33,27 +33,6 @@ def spec_with(base: StackSpec, **parameters: object) -> StackSpec:
     return StackSpec.model_validate(data)
 
 
-def destroy(do: pydo.Client, spec: StackSpec) -> None:
-    """Everything provision made for the stack, except the (empty) Spaces bucket."""
-    do.droplets.destroy_by_tag(tag_name=spec.stack_tag)
-    name = f"lifeboat-{spec.name}"
-    for lb in paged(do.load_balancers.list, "load_balancers"):
-        if lb["name"] == name:
-            do.load_balancers.delete(lb_id=lb["id"])
-    for fw in paged(do.firewalls.list, "firewalls"):
-        if fw["name"] == name or fw["name"].startswith(f"{name}-"):
-            do.firewalls.delete(firewall_id=fw["id"])
-    wait_for(
-        "droplets destroyed",
-        lambda: not do.droplets.list(tag_name=spec.stack_tag)["droplets"],
-        120,
-        every=2,
-    )
-    for vpc in paged(do.vpcs.list, "vpcs"):
-        if vpc["name"] == name:
-            do.vpcs.delete(vpc_id=vpc["id"])
-
-
 @pytest.fixture(scope="module")
 def stack(do: pydo.Client, lab: dict, lab_blocks: str):
     base = StackSpec.from_yaml("examples/compact.yaml").model_dump()
@@ -61,19 +40,13 @@ def stack(do: pydo.Client, lab: dict, lab_blocks: str):
     name = f"cl{random.randrange(16**4):04x}"
     base.update(name=name, vpc_cidr=f"10.{random.randrange(150, 250)}.0.0/20")
     spec = StackSpec.model_validate(base)
-    destroy(do, spec)
+    destroy_stack(do, spec)
     try:
         provision(spec, lab_blocks)
         hosts = inventory(do, spec)
-        for host in hosts:
-            # Lab defect, not the runbook's: in these containers systemd cannot kill the
-            # cgroup of root's idle user manager, so stopping it takes ~100 s and a login
-            # arriving meanwhile waits that long. Lingering keeps user@0 running.
-            with ssh(lab, host.public_ip) as conn:
-                run(conn, "loginctl enable-linger root", timeout=30)
         yield {"spec": spec, "hosts": hosts, "timings": {}}
     finally:
-        destroy(do, spec)
+        destroy_stack(do, spec)
 
 
 def by_role(hosts: list[Host], role: str) -> list[Host]:
