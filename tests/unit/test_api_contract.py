@@ -29,7 +29,9 @@ from lab.api.app import ROUTERS
 from lab.api.testing import RecordingCloud, serve
 from tasks.digitalocean import client as do_client
 
-ENTRY = Path("/work/shared/specs/digitalocean-openapi/specification/DigitalOcean-public.v2.yaml")
+# CI lays shared/ beside the clone, as it is beside the work tree here.
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+ENTRY = SHARED / "specs/digitalocean-openapi/specification/DigitalOcean-public.v2.yaml"
 SPEC_HOST = "https://api.digitalocean.com"  # the spec's only server; paths are what matter
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMdmI5ZC1d3tEtD3NjbQ0V6eVtbqdvtU7x/oX5Z6ZXkA ci@lab"
 
