@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from blocks.stack import StackSpec
-from flows.remote import Remote, Secrets, load_private_key
+from flows.remote import Remote, Secrets
 from flows.status import parse_show
 from tasks import etcd, guc, haproxy, packages, patroni
+from tasks.hosts import load_private_key
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
