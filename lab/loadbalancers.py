@@ -18,12 +18,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import jinja2
-
 from lab import ca, config
+from tasks import render as templates
 
 HAPROXY = "/usr/sbin/haproxy"
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "lab"
 LB_PREFIX = "lb-"
 SRV_ADMF_CMAINT = 0x04  # srv_admin_state flag: `disabled` in the config
 DEFAULT_HEALTH_CHECK = {  # DigitalOcean's defaults
@@ -290,14 +288,8 @@ def render(lb: dict, targets: list[dict]) -> str:
     ]
     sticky = lb.get("sticky_sessions") or {}
     p = paths(name)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    return env.get_template("loadbalancer.cfg.j2").render(
+    return templates.render(
+        "lab/loadbalancer.cfg.j2",
         lb_id=lb["id"],
         name=lb.get("name", ""),
         ip=lb["ip"],

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-import jinja2
-from botocore.config import Config
-
+from blocks.credentials import SpacesCredentials
 from lab import ca, config, loadbalancers
+from tasks.render import render
+from tasks.spaces import s3_client
 
 REGION = "nyc3"
 DNS_NAME = "spaces.lab"
@@ -100,12 +99,8 @@ def _start_moto() -> None:
 
 
 def _terminator_config(ip: str, port: int, pem: Path) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(loadbalancers.TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    return env.get_template("spaces.cfg.j2").render(
+    return render(
+        "lab/spaces.cfg.j2",
         socket=loadbalancers.paths(HAPROXY_NAME)["sock"],
         ip=ip,
         port=port,
@@ -184,21 +179,12 @@ def stop_stale() -> None:
 
 
 def boto3_client(info: dict[str, Any], **config_overrides: Any) -> Any:
-    """An S3 client set up as Spaces needs it (`config_overrides` go to botocore's Config)."""
-    settings = {
-        "s3": {"addressing_style": "path"},
-        # boto3 >= 1.36 sends CRC checksums that S3-compatible stores reject
-        "request_checksum_calculation": "when_required",
-        "response_checksum_validation": "when_required",
-        "connect_timeout": 5,
-        "retries": {"max_attempts": 3, "mode": "standard"},
-    } | config_overrides
-    return boto3.client(
-        "s3",
-        endpoint_url=info["endpoint"],
-        region_name=info["region"],
-        aws_access_key_id=info["access_key"],
-        aws_secret_access_key=info["secret_key"],
-        verify=str(info["ca_cert"]),
-        config=Config(**settings),
+    """The orchestrator's Spaces client (tasks.spaces), for the lab's endpoint and keys."""
+    creds = SpacesCredentials(
+        access_key=info["access_key"],
+        secret_key=info["secret_key"],
+        region=info["region"],
+        endpoint=info["endpoint"],
+        ca_bundle=str(info["ca_cert"]),
     )
+    return s3_client(creds, **config_overrides)

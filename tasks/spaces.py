@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -12,16 +14,18 @@ from blocks.credentials import SpacesCredentials
 ABORT_MULTIPART_DAYS = 1
 
 
-def s3_client(creds: SpacesCredentials):  # noqa: ANN201 - boto3 clients are dynamic
-    config = Config(
-        s3={"addressing_style": "path"},
+def s3_client(creds: SpacesCredentials, **config_overrides: Any):  # noqa: ANN201 - dynamic
+    """An S3 client set up as Spaces needs it (`config_overrides` go to botocore's Config)."""
+    settings = {
+        "s3": {"addressing_style": "path"},
         # boto3 1.36+ checksum headers are rejected by several S3-compatible stores.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connect_timeout=5,
-        read_timeout=60,
-        retries={"mode": "standard", "max_attempts": 3},
-    )
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+        "connect_timeout": 5,
+        "read_timeout": 60,
+        "retries": {"mode": "standard", "max_attempts": 3},
+    } | config_overrides
+    config = Config(**settings)
     return boto3.client(
         "s3",
         endpoint_url=creds.endpoint,

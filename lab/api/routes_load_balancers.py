@@ -17,19 +17,12 @@ from lab.api.routes_tags import check_tag_name, existing_tag
 from lab.api.routes_vpcs import default_vpc
 from lab.api.store import Store, new_uuid, now
 from lab.api.views import get, lb_view
+from lab.loadbalancers import DEFAULT_HEALTH_CHECK
 
 router = APIRouter()
 ENTRY_PROTOCOLS = ("http", "https", "http2", "http3", "tcp", "udp")
 TARGET_PROTOCOLS = ("http", "https", "http2", "tcp", "udp")
-HEALTH_DEFAULTS: dict[str, Any] = {
-    "protocol": "http",
-    "port": 80,
-    "path": "/",
-    "check_interval_seconds": 10,
-    "response_timeout_seconds": 5,
-    "healthy_threshold": 3,
-    "unhealthy_threshold": 5,
-}
+HEALTH_DEFAULTS: dict[str, Any] = DEFAULT_HEALTH_CHECK
 # Bounds DO enforces on health check timings and thresholds.
 HEALTH_BOUNDS = {
     "check_interval_seconds": (3, 300),
