@@ -31,7 +31,7 @@ def step_spans(since: datetime) -> list[tuple[str, float]]:
     spans: dict[str, list[datetime]] = defaultdict(list)
     flt = TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since))
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=flt, limit=500)
+        runs = client.read_task_runs(task_run_filter=flt, limit=200)  # API maximum
     for run in runs:
         if run.start_time and run.end_time:
             key = run.name.rsplit("-", 1)[0]
