@@ -15,12 +15,13 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from blocks.credentials import SpacesCredentials
 from blocks.secrets import HAPROXY_STATS, POSTGRES_SUPERUSER, cluster_secrets
 from blocks.stack import StackSpec
 from flows import remote as rm
 from flows.remote import Remote, Secrets
 from flows.report import publish
-from tasks import etcd, haproxy, packages, patroni
+from tasks import etcd, haproxy, packages, patroni, wal
 from tasks.hosts import Host
 from tasks.wheelhouse import build_wheelhouse
 
@@ -85,6 +86,18 @@ def etcd_converge(remote: Remote, hosts: list[Host], configured: dict, members: 
     with remote.connect(hosts[0]) as conn:
         health = etcd.wait_healthy(conn, members, timeout=60)
     return {"started": started, "restarted": restarted, "health": health.as_dict()}
+
+
+@step
+def wal_configure(remote: Remote, host: Host, spec: StackSpec, spaces: Secrets) -> bool:
+    with remote.connect(host) as conn:
+        return wal.configure(conn, spec, spaces.reveal())
+
+
+@check
+def wal_verify(remote: Remote, leader: Host) -> str:
+    with remote.connect(leader) as conn:
+        return wal.verify_archiving(conn)
 
 
 @step
@@ -325,6 +338,24 @@ def cluster(spec: StackSpec, credentials: str = "lab", restart: bool = False) ->
         )
         t = lap("etcd", t)
 
+        # The WAL agent first: Patroni's PostgreSQL archives through it from its first segment.
+        spaces = SpacesCredentials.load(credentials)
+        spaces_settings = Secrets(
+            {
+                "endpoint": spaces.endpoint,
+                "region": spaces.region,
+                "access_key": spaces.access_key.get_secret_value(),
+                "secret_key": spaces.secret_key.get_secret_value(),
+            }
+        )
+        futures = wal_configure.map(
+            unmapped(remote), pg_hosts, unmapped(spec), unmapped(spaces_settings)
+        )
+        steps["wal agent"] = _changes(
+            _on("configured on", [n for n, c in _by_name(pg_hosts, futures.result()).items() if c])
+        )
+        t = lap("wal agent", t)
+
         futures = patroni_configure.map(
             unmapped(remote),
             pg_hosts,
@@ -383,7 +414,10 @@ def cluster(spec: StackSpec, credentials: str = "lab", restart: bool = False) ->
             unmapped(secrets),
         )
         details["haproxy"] = _by_name(ha_hosts, futures.result())
-        lap("haproxy", t)
+        t = lap("haproxy", t)
+        by_name = {h.name: h for h in pg_hosts}
+        details["wal archived"] = wal_verify(remote, by_name[leader.name])
+        lap("wal archive", t)
         with remote.connect(etcd_hosts[0]) as conn:
             etcd_health = etcd.check(conn, members)
         if not etcd_health.ok:
@@ -401,6 +435,8 @@ def cluster(spec: StackSpec, credentials: str = "lab", restart: bool = False) ->
         f"zero lag on that timeline: {', '.join(replicas) or 'none'}",
         "haproxy": f":{spec.haproxy.primary_port} read-write, :{spec.haproxy.replica_port} "
         f"read-only, through {', '.join(h.name for h in ha_hosts)}",
+        "wal archive": f"segment {details['wal archived']} archived to Spaces bucket "
+        f"{spec.bucket} through the WAL agent on {leader.name}",
     }
     for what, outcome in steps.items():
         log.info("%s: %s", what, outcome)

@@ -21,6 +21,15 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
     "patroni/patroni.yml.j2": ("/etc/patroni/patroni.yml", "postgres:postgres", "0600"),
     "patroni/patroni.service.j2": ("/etc/systemd/system/patroni.service", "root:root", "0644"),
     "haproxy/haproxy.cfg.j2": ("/etc/haproxy/haproxy.cfg", "root:haproxy", "0640"),
+    "wal/agent.py": ("/usr/local/lib/lifeboat/wal-agent.py", "root:root", "0644"),
+    "wal/archive.sh.j2": ("/usr/local/lib/lifeboat/wal-archive", "root:root", "0755"),
+    "wal/restore.sh.j2": ("/usr/local/lib/lifeboat/wal-restore", "root:root", "0755"),
+    "wal/wal.conf.j2": ("/etc/lifeboat/wal.conf", "postgres:postgres", "0600"),
+    "wal/lifeboat-wal-agent.service.j2": (
+        "/etc/systemd/system/lifeboat-wal-agent.service",
+        "root:root",
+        "0644",
+    ),
 }
 
 

@@ -18,6 +18,7 @@ from flows.up import up
 from lab import faults
 from tasks import haproxy, patroni
 from tasks.hosts import put, run
+from tasks.spaces import s3_client
 from tests.e2e.conftest import wait_for
 from tests.e2e.secrets_scan import leaks, readable_texts, ssh_key_fragments
 
@@ -65,6 +66,30 @@ def test_from_nothing_to_a_verified_cluster(stacks, lab_blocks, name):
                 haproxy.query(conn, spec, spec.haproxy.replica_port, "SELECT pg_is_in_recovery()")
                 == "t"
             )
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_wal_is_archived_to_spaces(stacks, lab_blocks, name):
+    """The runbook verified one archived segment; it is in the bucket, compressed, with the
+    SHA-256 of its original contents, and PostgreSQL's archiver reports no failure."""
+    spec, result = stacks[name]
+    segment = result["cluster"]["details"]["wal archived"]
+    s3 = s3_client(SpacesCredentials.load(lab_blocks))
+    objects = s3.list_objects_v2(Bucket=spec.bucket, Prefix=f"{spec.name}/")["Contents"]
+    keys = [o["Key"] for o in objects if o["Key"].endswith(f"/wal/{segment}.zst")]
+    assert len(keys) == 1, [o["Key"] for o in objects]
+    head = s3.head_object(Bucket=spec.bucket, Key=keys[0])
+    assert len(head["Metadata"]["sha256"]) == 64
+    assert head["ContentLength"] < 16 * 1024 * 1024 / 4  # compressed
+    hosts, remote = rm.load(spec, lab_blocks)
+    leader = _leader(_cluster(spec, lab_blocks))
+    with remote.connect(next(h for h in hosts if h.name == leader.name)) as conn:
+        failed = run(
+            conn,
+            "runuser -u postgres -- psql -XAt -h /var/run/postgresql "
+            '-c "SELECT failed_count FROM pg_stat_archiver"',
+        ).stdout.strip()
+    assert failed == "0"
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -1,0 +1,73 @@
+"""The WAL agent on database droplets (templates/wal): PostgreSQL's archive_command and
+restore_command hand segments to one long-lived process that keeps its S3 client warm.
+Placed and started before Patroni, so the first segment a new cluster archives finds it."""
+
+from __future__ import annotations
+
+import time
+
+from fabric import Connection
+
+from blocks.stack import StackSpec
+from tasks.hosts import put, run
+from tasks.render import DESTINATIONS, TEMPLATES, render
+
+UNIT = "lifeboat-wal-agent"
+# Debian's bundle includes whatever CA the droplet trusts (the lab CA in the local cloud).
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def config_context(spec: StackSpec, spaces: dict[str, str]) -> dict[str, str]:
+    """`spaces`: endpoint, region, access_key, secret_key (from the SpacesCredentials block)."""
+    return {**spaces, "bucket": spec.bucket, "prefix": spec.name, "ca_bundle": CA_BUNDLE}
+
+
+def configure(conn: Connection, spec: StackSpec, spaces: dict[str, str]) -> bool:
+    """Place the agent, its scripts, config (0600 postgres: it holds the Spaces keys) and
+    unit; (re)start the agent when any of them changed. Returns whether anything changed."""
+    files = {
+        "wal/agent.py": (TEMPLATES / "wal" / "agent.py").read_text(),
+        "wal/archive.sh.j2": render("wal/archive.sh.j2"),
+        "wal/restore.sh.j2": render("wal/restore.sh.j2"),
+        "wal/wal.conf.j2": render("wal/wal.conf.j2", **config_context(spec, spaces)),
+        "wal/lifeboat-wal-agent.service.j2": render("wal/lifeboat-wal-agent.service.j2"),
+    }
+    changed = False
+    for template, content in files.items():
+        path, owner, mode = DESTINATIONS[template]
+        changed |= put(conn, path, content, mode, owner)
+    if changed:
+        run(conn, f"systemctl daemon-reload && systemctl enable --quiet {UNIT}", timeout=60)
+        run(conn, f"systemctl restart {UNIT}", timeout=120)
+    elif not run(conn, f"systemctl is-active --quiet {UNIT}", warn=True, timeout=30).ok:
+        run(conn, f"systemctl start {UNIT}", timeout=120)
+        changed = True
+    return changed
+
+
+def verify_archiving(conn: Connection, timeout: float = 90) -> str:
+    """On the primary: close the current segment and wait until PostgreSQL reports it (or
+    a later one) archived. Returns the segment's name."""
+    psql = "runuser -u postgres -- psql -XAt -h /var/run/postgresql -c"
+    # A little WAL first: pg_switch_wal() does nothing on an idle segment start.
+    sql = "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT txid_current()) AS t"
+    target = run(conn, f'{psql} "{sql}"', timeout=30).stdout.strip()
+    deadline = time.monotonic() + timeout
+    while True:
+        row = run(
+            conn,
+            f"{psql} \"SELECT coalesce(last_archived_wal, ''), failed_count, "
+            f"coalesce(last_failed_wal, '') FROM pg_stat_archiver\"",
+            timeout=30,
+        ).stdout.strip()
+        archived, failed, last_failed = row.split("|")
+        # Same timeline: segment names order as strings.
+        if archived and archived[:24] >= target:
+            return target
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"WAL segment {target} not archived after {timeout:.0f}s on {conn.host} "
+                f"(last archived {archived or 'none'}; {failed} failures, last {last_failed or '-'}"
+                f"); see `journalctl -u {UNIT}` there"
+            )
+        time.sleep(1)
