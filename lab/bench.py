@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -43,15 +42,6 @@ def _pss_kib(pids: list[int]) -> int:
         except OSError:
             continue
     return total
-
-
-def _ssh_answers(ip: str) -> bool:
-    try:
-        with socket.create_connection((ip, 22), timeout=0.5) as s:
-            s.settimeout(1)
-            return s.recv(4) == b"SSH-"
-    except OSError:
-        return False
 
 
 def _public(d: dict) -> str:
@@ -91,13 +81,13 @@ def bench_droplets(do: pydo.Client, key_id: int) -> None:
     ips = [_public(d) for d in created]
     pending = set(ips)
     while pending:
-        pending = {ip for ip in pending if not _ssh_answers(ip)}
+        pending = {ip for ip in pending if not network.sshd_answers(ip)}
         time.sleep(0.05)
     print(f"six droplets, API call to SSH: {time.monotonic() - t0:7.1f} s")
 
     created += _create(do, [f"bench-{i}" for i in range(6, 9)], key_id)
     for d in created:
-        while not _ssh_answers(_public(d)):
+        while not network.sshd_answers(_public(d)):
             time.sleep(0.1)
     time.sleep(20)  # let every droplet's services finish starting and settle
     pids = [p for d in created for p in network.netns_pids(d["id"])]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lab.config import DROPLETS_DIR, RUN_DIR
 from lab.network import netns_name, netns_pids, run
+from lab.processes import alive
 
 SIGRTMIN_POWEROFF = signal.SIGRTMIN + 4  # systemd: start poweroff.target
 
@@ -79,24 +80,12 @@ def _pid_file(droplet_id: int) -> Path:
     return RUN_DIR / f"nspawn-{droplet_id}.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def nspawn_pid(droplet_id: int) -> int | None:
     try:
         pid = int(_pid_file(droplet_id).read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if alive(pid) else None
 
 
 def init_pid(droplet_id: int) -> int | None:
@@ -162,7 +151,6 @@ def kill(droplet_id: int) -> None:
     pid = nspawn_pid(droplet_id)
     if pid is not None and not _wait_gone(droplet_id, 5):
         _signal(pid, signal.SIGKILL)
-    _reap(pid)
     _wait_gone(droplet_id, 5)
     _pid_file(droplet_id).unlink(missing_ok=True)
 
@@ -179,14 +167,6 @@ def shutdown(droplet_id: int, timeout: float = 30) -> None:
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-
-
-def _reap(pid: int | None) -> None:
-    """nspawn may be our child (the API server started it): collect it, no zombies."""
-    if pid is None:
-        return
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def unmount_disk(droplet_id: int) -> None:

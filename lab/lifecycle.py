@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from lab import ca, containers, image, loadbalancers, network, nft, spaces
+from lab import ca, containers, image, loadbalancers, network, nft, processes, spaces
 from lab.config import API_PORT, GATEWAY, LAB_FILE, MOTO_PORT, RUN_DIR, STATE_DIR, STATE_FILE
 
 API_URL = f"http://{GATEWAY}:{API_PORT}"
@@ -201,16 +199,8 @@ def down(quiet: bool = False) -> list[str]:
 
 
 def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    for _ in range(50):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not Path(f"/proc/{pid}").exists():
-            return
-        time.sleep(0.05)
+    """A lab leftover ends at once: SIGKILL, no grace period."""
+    processes.kill([pid], gentle=False)
 
 
 def leftovers() -> list[str]:
@@ -237,24 +227,21 @@ def info() -> dict:
 
 
 def _droplets(token: str) -> list[dict]:
-    from tasks import digitalocean  # here: `lab down` must work without the API client
+    # Imported here: `lab down` must work without the orchestrator's API client.
+    from tasks import digitalocean
+    from tasks.droplets import paged
 
-    client = digitalocean.client(token, API_URL)
-    out, page = [], 1
-    while True:
-        resp = client.droplets.list(per_page=200, page=page)
-        for d in resp["droplets"]:
-            addrs = {n["type"]: n["ip_address"] for n in d["networks"]["v4"]}
-            out.append(
-                {
-                    "id": d["id"],
-                    "name": d["name"],
-                    "tags": d["tags"],
-                    "status": d["status"],
-                    "public_ipv4": addrs.get("public"),
-                    "private_ipv4": addrs.get("private"),
-                }
-            )
-        if not resp.get("links", {}).get("pages", {}).get("next"):
-            return out
-        page += 1
+    out = []
+    for d in paged(digitalocean.client(token, API_URL).droplets.list, "droplets"):
+        addrs = {n["type"]: n["ip_address"] for n in d["networks"]["v4"]}
+        out.append(
+            {
+                "id": d["id"],
+                "name": d["name"],
+                "tags": d["tags"],
+                "status": d["status"],
+                "public_ipv4": addrs.get("public"),
+                "private_ipv4": addrs.get("private"),
+            }
+        )
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 from pathlib import Path
 
 from lab import containers, loadbalancers, network, nft
@@ -35,15 +34,9 @@ class MachineCloud:
         containers.boot(droplet["id"], droplet["name"])
 
     def droplet_ready(self, droplet: dict) -> bool:
-        """sshd answers with its banner on the public address (not merely a TCP accept)."""
         if nft.isolation_reasons(droplet["id"]):
             return False
-        try:
-            with socket.create_connection((_address(droplet, "public")["ip_address"], 22), 1) as s:
-                s.settimeout(1)
-                return s.recv(4) == b"SSH-"
-        except OSError:
-            return False
+        return network.sshd_answers(_address(droplet, "public")["ip_address"])
 
     def power_off(self, droplet: dict) -> None:
         # Drop its packets first, so peers see silence, never a reset from a dying stack.

@@ -8,6 +8,7 @@ on its VPC's bridge, as on DigitalOcean. Bridged IPv4 goes through the host's `i
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -137,3 +138,13 @@ def vpc_gateway_addrs() -> list[str]:
         for line in out.splitlines()
         if line.split()[1].startswith(VPC_BRIDGE_PREFIX)
     ]
+
+
+def sshd_answers(ip: str, timeout: float = 1.0) -> bool:
+    """sshd's banner on port 22 (a TCP accept alone can come before sshd is ready)."""
+    try:
+        with socket.create_connection((ip, 22), timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(4) == b"SSH-"
+    except OSError:
+        return False

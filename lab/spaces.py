@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from blocks.credentials import SpacesCredentials
-from lab import ca, config, loadbalancers
+from lab import ca, config, loadbalancers, processes
 from tasks.render import render
 from tasks.spaces import s3_client
 
@@ -67,7 +67,7 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def _moto_pid() -> int | None:
-    return loadbalancers.read_pid(_moto_pid_file(), _moto_marker())
+    return processes.read_pid(_moto_pid_file(), _moto_marker())
 
 
 def _start_moto() -> None:
@@ -93,7 +93,7 @@ def _start_moto() -> None:
     deadline = time.monotonic() + 30
     while not _port_open("127.0.0.1", config.MOTO_PORT):
         if proc.poll() is not None or time.monotonic() > deadline:
-            loadbalancers.kill([proc.pid])
+            processes.kill([proc.pid])
             raise RuntimeError(f"moto did not start; see {config.RUN_DIR / 'moto.log'}")
         time.sleep(0.1)
 
@@ -160,10 +160,10 @@ def is_up() -> bool:
 def stop() -> None:
     """Stop the terminator and moto (Spaces' data is lost with moto). Idempotent."""
     loadbalancers.stop_haproxy(HAPROXY_NAME)
-    pids = set(loadbalancers.find_pids([_moto_marker()]))
+    pids = set(processes.find_pids([_moto_marker()]))
     if pid := _moto_pid():
         pids.add(pid)
-    loadbalancers.kill(sorted(pids))
+    processes.kill(sorted(pids))
     _moto_pid_file().unlink(missing_ok=True)
 
 
@@ -172,10 +172,10 @@ def stop_stale() -> None:
     stop()
     # a moto on our port started some other way (e.g. by hand with `moto_server`)
     port = str(config.MOTO_PORT)
-    for pid in loadbalancers.find_pids(["moto"]):
-        args = loadbalancers.cmdline(pid)
+    for pid in processes.find_pids(["moto"]):
+        args = processes.cmdline(pid)
         if any(a == "-p" and b == port for a, b in zip(args, args[1:], strict=False)):
-            loadbalancers.kill([pid])
+            processes.kill([pid])
 
 
 def boto3_client(info: dict[str, Any], **config_overrides: Any) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import config, loadbalancers
+from lab import config, loadbalancers, processes
 
 pytestmark = pytest.mark.skipif(not Path(loadbalancers.HAPROXY).exists(), reason="needs haproxy")
 
@@ -299,8 +299,8 @@ def test_traffic_goes_to_healthy_targets_only_and_survives_reload(
     wait_for(lambda: fetch(f"http://{LB_IP}:8081/") == "healthy")  # new rule: checks first
 
     loadbalancers.remove(lb)
-    assert not loadbalancers.alive(new_pid)
-    assert loadbalancers.find_pids([str(config.RUN_DIR)]) == []
+    assert not processes.alive(new_pid)
+    assert processes.find_pids([str(config.RUN_DIR)]) == []
     assert LB_IP not in addresses(bridge)
     loadbalancers.remove(lb)  # idempotent
 
@@ -323,5 +323,5 @@ def test_stop_all_recovers_from_lost_pid_files(lab_dirs: Path, bridge: str) -> N
     for f in config.RUN_DIR.glob("*.pid"):
         f.unlink()
     loadbalancers.stop_all()
-    assert not loadbalancers.alive(pid)
+    assert not processes.alive(pid)
     assert LB_IP not in addresses(bridge)

@@ -18,7 +18,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from lab import config, loadbalancers, spaces
+from lab import config, loadbalancers, processes, spaces
 
 pytestmark = [
     pytest.mark.lab,
@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 
 def _lab_pids() -> list[int]:
-    return loadbalancers.find_pids([str(config.STATE_DIR)])
+    return processes.find_pids([str(config.STATE_DIR)])
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,64 @@
+"""Processes of the lab's servers and containers, found and ended by what /proc says: pid
+files can be gone after a crash, and this host's PID 1 reaps no orphans (zombies)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def alive(pid: int) -> bool:
+    """True if `pid` runs and is not a zombie (reaping it first if it is our child)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def find_pids(needles: list[str]) -> list[int]:
+    """Processes whose argv contains any of `needles` (substring match on one argument)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        args = cmdline(int(entry.name))
+        if any(n in a for a in args for n in needles):
+            found.append(int(entry.name))
+    return found
+
+
+def kill(pids: list[int], timeout: float = 5.0, gentle: bool = True) -> None:
+    """SIGTERM, then SIGKILL whatever is still there after `timeout`; with gentle=False,
+    SIGKILL at once (a crashed lab's leftovers, a container's init)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL) if gentle else (signal.SIGKILL,):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
+            time.sleep(0.05)
+        if not any(alive(p) for p in pids):
+            return
+
+
+def read_pid(pid_file: Path, needle: str) -> int | None:
+    """The pid in `pid_file` if that process still runs with `needle` in its argv."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive(pid) and any(needle in a for a in cmdline(pid)) else None
