@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import time
 from collections.abc import Callable
 
@@ -10,8 +12,11 @@ import pydo
 import pytest
 from fabric import Connection
 
+from blocks.stack import StackSpec
 from lab import lifecycle
-from tasks import digitalocean
+from tasks import digitalocean, patroni
+
+EXAMPLES = ("article", "compact")
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +85,55 @@ def lab_blocks(lab: dict, prefect_server: None) -> str:
     from lab.credentials import save_blocks
 
     return save_blocks(lab)
+
+
+def example_spec(name: str) -> StackSpec:
+    """An example spec as the e2e tests use it. LIFEBOAT_E2E_PREFIX renames the stack and
+    LIFEBOAT_E2E_VPC_SHIFT moves its VPC range (second octet + shift), so two test
+    sessions can share one lab while developing; CI sets neither."""
+    data = StackSpec.from_yaml(f"examples/{name}.yaml").model_dump()
+    prefix = os.environ.get("LIFEBOAT_E2E_PREFIX", "")
+    shift = int(os.environ.get("LIFEBOAT_E2E_VPC_SHIFT", "0"))
+    if prefix or shift:
+        net = ipaddress.ip_network(data["vpc_cidr"])
+        octets = str(net.network_address).split(".")
+        octets[1] = str(int(octets[1]) + shift)
+        data.update(name=f"{prefix}{name}", vpc_cidr=f"{'.'.join(octets)}/{net.prefixlen}")
+    return StackSpec.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def stacks(lab_blocks: str) -> dict[str, tuple[StackSpec, dict]]:
+    """The example stacks, each brought up from nothing (`up`) once per session and shared
+    by every module that needs a whole stack; tests that break something put it back.
+    LIFEBOAT_E2E_EXAMPLES (comma-separated) limits which examples come up."""
+    from flows.up import up
+
+    wanted = os.environ.get("LIFEBOAT_E2E_EXAMPLES", ",".join(EXAMPLES)).split(",")
+    out = {}
+    for name in (n for n in EXAMPLES if n in wanted):
+        spec = example_spec(name)
+        out[name] = (spec, up(spec, lab_blocks))
+    return out
+
+
+def stack(stacks: dict, name: str) -> tuple[StackSpec, dict]:
+    """One example stack; skips the test when this session did not bring it up."""
+    if name not in stacks:
+        pytest.skip(f"example {name} not in LIFEBOAT_E2E_EXAMPLES")
+    return stacks[name]
+
+
+def cluster_members(spec: StackSpec, credentials: str) -> list[patroni.Member]:
+    """Patroni's view of the stack's cluster, asked on its first database droplet."""
+    from flows import remote as rm
+
+    hosts, remote = rm.load(spec, credentials)
+    db = next(h for h in hosts if "postgres" in h.roles)
+    with remote.connect(db) as conn:
+        return patroni.cluster(conn, db.private_ip)
+
+
+def leader(members: list[patroni.Member]) -> patroni.Member:
+    (lead,) = [m for m in members if m.is_leader]
+    return lead

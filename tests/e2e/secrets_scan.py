@@ -59,3 +59,15 @@ def ssh_key_fragments(private_key_path: str) -> dict[str, str]:
     return {
         f"ssh private key line {i}": line for i, line in enumerate(lines) if "PRIVATE" not in line
     }
+
+
+def stored_secrets() -> dict[str, str]:
+    """Every generated secret the runs stored (Prefect Secret blocks, all stacks), by block
+    name: whatever a runbook generated is covered without listing it here."""
+    with get_client(sync_client=True) as client:
+        docs = client.read_block_documents(include_secrets=True)
+    return {
+        doc.name: str(doc.data.get("value", ""))
+        for doc in docs
+        if doc.block_type and doc.block_type.slug == "secret" and doc.name
+    }

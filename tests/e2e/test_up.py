@@ -4,14 +4,12 @@ secret shows up in anything the runs leave behind."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
-from blocks.credentials import DigitalOceanCredentials, SpacesCredentials, SSHIdentity
+from blocks.credentials import SpacesCredentials
 from blocks.secrets import POSTGRES_SUPERUSER, cluster_secrets
-from blocks.stack import StackSpec
 from flows import remote as rm
 from flows.status import stack_status
 from flows.up import up
@@ -19,41 +17,17 @@ from lab import faults
 from tasks import haproxy, patroni
 from tasks.hosts import put, run
 from tasks.spaces import s3_client
-from tests.e2e.conftest import wait_for
-from tests.e2e.secrets_scan import leaks, readable_texts, ssh_key_fragments
+from tests.e2e.conftest import EXAMPLES, cluster_members, leader, stack, wait_for
 
 pytestmark = pytest.mark.e2e
-EXAMPLES = ("article", "compact")
-
-
-@pytest.fixture(scope="module")
-def stacks(lab_blocks: str) -> dict[str, tuple[StackSpec, dict]]:
-    """Both examples, each brought up from nothing once for this module."""
-    out = {}
-    for name in EXAMPLES:
-        spec = StackSpec.from_yaml(f"examples/{name}.yaml")
-        out[name] = (spec, up(spec, lab_blocks))
-    return out
-
-
-def _leader(members: list[patroni.Member]) -> patroni.Member:
-    (leader,) = [m for m in members if m.is_leader]
-    return leader
-
-
-def _cluster(spec: StackSpec, credentials: str) -> list[patroni.Member]:
-    hosts, remote = rm.load(spec, credentials)
-    db = next(h for h in hosts if "postgres" in h.roles)
-    with remote.connect(db) as conn:
-        return patroni.cluster(conn, db.private_ip)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_from_nothing_to_a_verified_cluster(stacks, lab_blocks, name):
-    spec, _ = stacks[name]
-    members = _cluster(spec, lab_blocks)
+    spec, _ = stack(stacks, name)
+    members = cluster_members(spec, lab_blocks)
     expected = [n.name for n in spec.nodes_with("postgres")]
-    assert patroni.assess_cluster(members, expected, spec.synchronous_mode) == []
+    assert patroni.assesscluster_members(members, expected, spec.synchronous_mode) == []
     # Every HAProxy routes :5000 to the primary and :5001 to a replica.
     hosts, remote = rm.load(spec, lab_blocks)
     for host in (h for h in hosts if "haproxy" in h.roles):
@@ -72,7 +46,7 @@ def test_from_nothing_to_a_verified_cluster(stacks, lab_blocks, name):
 def test_wal_is_archived_to_spaces(stacks, lab_blocks, name):
     """The runbook verified one archived segment; it is in the bucket, compressed, with the
     SHA-256 of its original contents, and PostgreSQL's archiver reports no failure."""
-    spec, result = stacks[name]
+    spec, result = stack(stacks, name)
     segment = result["cluster"]["details"]["wal archived"]
     s3 = s3_client(SpacesCredentials.load(lab_blocks))
     objects = s3.list_objects_v2(Bucket=spec.bucket, Prefix=f"{spec.name}/")["Contents"]
@@ -82,8 +56,8 @@ def test_wal_is_archived_to_spaces(stacks, lab_blocks, name):
     assert len(head["Metadata"]["sha256"]) == 64
     assert head["ContentLength"] < 16 * 1024 * 1024 / 4  # compressed
     hosts, remote = rm.load(spec, lab_blocks)
-    leader = _leader(_cluster(spec, lab_blocks))
-    with remote.connect(next(h for h in hosts if h.name == leader.name)) as conn:
+    lead = leader(cluster_members(spec, lab_blocks))
+    with remote.connect(next(h for h in hosts if h.name == lead.name)) as conn:
         failed = run(
             conn,
             "runuser -u postgres -- psql -XAt -h /var/run/postgresql "
@@ -94,7 +68,7 @@ def test_wal_is_archived_to_spaces(stacks, lab_blocks, name):
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_a_rerun_creates_nothing_and_restarts_nothing(stacks, lab_blocks, do, name):
-    spec, _ = stacks[name]
+    spec, _ = stack(stacks, name)
     ids_before = sorted(d["id"] for d in do.droplets.list(tag_name=spec.stack_tag)["droplets"])
     before = stack_status(spec, lab_blocks)
     result = up(spec, lab_blocks)
@@ -147,10 +121,10 @@ def test_partitioned_primary_loses_no_acknowledged_write(stacks, lab_blocks):
     """Cut the primary's droplet off for 45 s while a client writes through HAProxy every
     50 ms with its own keys; heal it. One leader (not the old one), every replica streaming
     on its timeline, and every acknowledged write is on it."""
-    spec, _ = stacks["compact"]
+    spec, _ = stack(stacks, "compact")
     hosts, remote = rm.load(spec, lab_blocks)
     web = next(h for h in hosts if "haproxy" in h.roles)
-    old = _leader(_cluster(spec, lab_blocks))
+    old = leader(cluster_members(spec, lab_blocks))
     password = cluster_secrets(spec.name)[POSTGRES_SUPERUSER]
     port = spec.haproxy.primary_port
     with remote.connect(web) as conn:
@@ -173,30 +147,13 @@ def test_partitioned_primary_loses_no_acknowledged_write(stacks, lab_blocks):
     expected = [n.name for n in spec.nodes_with("postgres")]
 
     def healthy():
-        members = _cluster(spec, lab_blocks)
-        return members if not patroni.assess_cluster(members, expected, True) else None
+        members = cluster_members(spec, lab_blocks)
+        return members if not patroni.assesscluster_members(members, expected, True) else None
 
     members = wait_for("cluster healthy after the heal", healthy, timeout=240, every=3)
-    assert _leader(members).name != old.name
+    assert leader(members).name != old.name
     with remote.connect(web) as conn:
         acked = set(run(conn, "cat /root/acked.txt").stdout.split())
         stored = set(haproxy.query(conn, spec, port, "SELECT k FROM probe").split())
     assert len(acked) > 300  # the client kept writing before and after the failover
     assert acked - stored == set(), f"{len(acked - stored)} acknowledged writes lost"
-
-
-def test_no_secret_in_logs_artifacts_or_errors(stacks, lab, lab_blocks):
-    """Runs last in this module: everything the runs above left, searched for secrets."""
-    secrets = {}
-    for spec, _ in stacks.values():
-        secrets.update({f"{spec.name} {k}": v for k, v in cluster_secrets(spec.name).items()})
-    secrets["API token"] = DigitalOceanCredentials.load(lab_blocks).token.get_secret_value()
-    secrets["Spaces secret"] = SpacesCredentials.load(lab_blocks).secret_key.get_secret_value()
-    secrets.update(ssh_key_fragments(lab["ssh_private_key"]))
-    assert SSHIdentity.load(lab_blocks).private_key  # the key being searched for is the one used
-    texts = readable_texts()
-    assert len(texts) > 50  # the runs above did leave logs to search
-    assert leaks(secrets, texts) == []
-    # And the return values of the runs (what the CLI prints).
-    for _, result in stacks.values():
-        assert leaks(secrets, {"result": json.dumps(result, default=str)}) == []
