@@ -29,7 +29,7 @@ from botocore.config import Config
 
 from tasks.render import TEMPLATES, render
 
-AGENT = TEMPLATES / "wal" / "agent.py"
+AGENT = TEMPLATES / "wal" / "wal_agent.py"
 PYTHON = "/usr/bin/python3"
 BUCKET = "bench-wal"
 SEGMENT = 16 << 20

@@ -24,9 +24,10 @@ def config_context(spec: StackSpec, spaces: dict[str, str]) -> dict[str, str]:
 
 def configure(conn: Connection, spec: StackSpec, spaces: dict[str, str]) -> bool:
     """Place the agent, its scripts, config (0600 postgres: it holds the Spaces keys) and
-    unit; (re)start the agent when any of them changed. Returns whether anything changed."""
+    unit, and the base backup program; (re)start the agent when any of its files changed.
+    Returns whether anything changed."""
     files = {
-        "wal/agent.py": (TEMPLATES / "wal" / "agent.py").read_text(),
+        "wal/wal_agent.py": (TEMPLATES / "wal" / "wal_agent.py").read_text(),
         "wal/archive.sh.j2": render("wal/archive.sh.j2"),
         "wal/restore.sh.j2": render("wal/restore.sh.j2"),
         "wal/wal.conf.j2": render("wal/wal.conf.j2", **config_context(spec, spaces)),
@@ -36,13 +37,16 @@ def configure(conn: Connection, spec: StackSpec, spaces: dict[str, str]) -> bool
     for template, content in files.items():
         path, owner, mode = DESTINATIONS[template]
         changed |= put(conn, path, content, mode, owner)
+    # The base backup program runs on demand (the backup runbook): no restart for it.
+    path, owner, mode = DESTINATIONS["wal/basebackup.py"]
+    placed = put(conn, path, (TEMPLATES / "wal" / "basebackup.py").read_text(), mode, owner)
     if changed:
         run(conn, f"systemctl daemon-reload && systemctl enable --quiet {UNIT}", timeout=60)
         run(conn, f"systemctl restart {UNIT}", timeout=120)
     elif not run(conn, f"systemctl is-active --quiet {UNIT}", warn=True, timeout=30).ok:
         run(conn, f"systemctl start {UNIT}", timeout=120)
         changed = True
-    return changed
+    return changed or placed
 
 
 def verify_archiving(conn: Connection, timeout: float = 90) -> str:

@@ -33,7 +33,7 @@ from botocore.config import Config
 
 from tasks.render import TEMPLATES, render
 
-AGENT = TEMPLATES / "wal" / "agent.py"
+AGENT = TEMPLATES / "wal" / "wal_agent.py"
 PYTHON = "/usr/bin/python3"
 BUCKET = "lifeboat-wal-test"
 PREFIX = "test-stack/test-pg"
@@ -613,7 +613,7 @@ def test_a_write_that_loses_the_race_is_compared_not_overwritten(
     conf = tmp_path / "wal.conf"
     write_config(conf, moto.endpoint, tmp_path / "unused.sock")
     race = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import agent as m\n"
+        "import sys; sys.path.insert(0, sys.argv[1]); import wal_agent as m\n"
         "a = m.Agent(m.load_settings(sys.argv[2])); head = a.head; misses = []\n"
         "def racing_head(key):\n"
         "    misses.append(key)\n"
@@ -724,4 +724,4 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     text = unit.read_text()
     for directive in ("User=postgres", "Type=notify", "RuntimeDirectory=lifeboat", "UMask=0077"):
         assert directive in text
-    assert f"ExecStart={PYTHON} /usr/local/lib/lifeboat/wal-agent.py" in text
+    assert f"ExecStart={PYTHON} /usr/local/lib/lifeboat/wal_agent.py" in text
