@@ -1,0 +1,157 @@
+"""The backup catalog in Spaces, as pure logic: WAL segment names, the WAL a backup needs,
+gaps in the archive, and what retention keeps. The layout (one prefix per stack, then per
+PostgreSQL system identifier, since a re-bootstrapped cluster reuses segment names):
+
+  <stack>/<system id>/wal/<segment|history|backup file>.zst        (the WAL agent)
+  <stack>/<system id>/backups/<backup id>/base.tar.zst              (basebackup.py)
+  <stack>/<system id>/backups/<backup id>/manifest.json             (written last)
+
+A backup is in the catalog only when its manifest is stored and every object the manifest
+lists is stored with the size it records."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial|\.[0-9A-F]{8}\.backup)?$")
+HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
+MANIFEST = "manifest.json"
+DAY = 86400
+
+
+def lsn(text: str) -> int:
+    """'16/B374D848' -> an integer position."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def segment_name(timeline: int, segno: int, segment_size: int) -> str:
+    per_id = 0x1_0000_0000 // segment_size
+    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def parse_segment(name: str, segment_size: int) -> tuple[int, int] | None:
+    """(timeline, segment number) of a WAL file name (a segment, .partial or .backup file);
+    None for anything else (history files)."""
+    m = SEGMENT.match(name)
+    if not m:
+        return None
+    per_id = 0x1_0000_0000 // segment_size
+    return int(m[1], 16), int(m[2], 16) * per_id + int(m[3], 16)
+
+
+def parse_history(text: str) -> list[tuple[int, int]]:
+    """A timeline history file's (parent timeline, switch point LSN) lines, oldest first."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].isdigit():
+            out.append((int(fields[0]), lsn(fields[1])))
+    return out
+
+
+def timeline_begins(timeline: int, history: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(timeline, LSN where it begins) for every timeline leading to `timeline`, newest
+    first: what recovery follows (PostgreSQL's expectedTLEs)."""
+    begins = [(timeline, history[-1][1] if history else 0)]
+    for i in range(len(history) - 1, -1, -1):
+        parent = history[i][0]
+        begins.append((parent, history[i - 1][1] if i > 0 else 0))
+    return begins
+
+
+def needed_segments(
+    start_lsn: int,
+    end_lsn: int,
+    timeline: int,
+    history: list[tuple[int, int]],
+    segment_size: int,
+) -> list[str]:
+    """The segment files recovery reads from start_lsn to end_lsn (inclusive) following
+    `timeline`'s history: for each segment, the newest timeline that began at or before
+    it (the segment holding a switch point comes from the new timeline)."""
+    begins = timeline_begins(timeline, history)
+    names = []
+    for segno in range(start_lsn // segment_size, end_lsn // segment_size + 1):
+        tli = next(t for t, begin in begins if begin // segment_size <= segno)
+        names.append(segment_name(tli, segno, segment_size))
+    return names
+
+
+def missing(needed: Iterable[str], archived: set[str]) -> list[str]:
+    return [name for name in needed if name not in archived]
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A cataloged backup: what retention and status need of its manifest."""
+
+    id: str
+    system_id: str
+    stopped_at: float
+    start_lsn: int
+    timeline: int
+    segment_size: int
+    keys: tuple[str, ...]  # every object, manifest included
+
+    @property
+    def start_segno(self) -> int:
+        return self.start_lsn // self.segment_size
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, manifest_key: str) -> Backup:
+        return cls(
+            id=manifest["id"],
+            system_id=str(manifest["system_identifier"]),
+            stopped_at=float(manifest["stopped_at"]),
+            start_lsn=lsn(manifest["start_lsn"]),
+            timeline=int(manifest["timeline"]),
+            segment_size=int(manifest["wal_segment_size"]),
+            keys=(*(o["key"] for o in manifest["objects"]), manifest_key),
+        )
+
+
+def retention(
+    backups: list[Backup], now: float, keep_count: int, keep_days: int
+) -> tuple[list[Backup], list[Backup]]:
+    """(kept, expired). Kept: the newest `keep_count`; every backup younger than
+    `keep_days`; and the newest one older than that, because a restore to a point
+    `keep_days` ago starts from a backup taken before it."""
+    ordered = sorted(backups, key=lambda b: b.stopped_at, reverse=True)
+    horizon = now - keep_days * DAY
+    keep = {b.id for b in ordered[:keep_count]}
+    keep |= {b.id for b in ordered if b.stopped_at >= horizon}
+    older = [b for b in ordered if b.stopped_at < horizon]
+    if older:
+        keep.add(older[0].id)
+    return [b for b in ordered if b.id in keep], [b for b in ordered if b.id not in keep]
+
+
+def expired_wal(
+    wal: dict[str, list[str]], kept: list[Backup], cataloged_systems: set[str]
+) -> dict[str, list[str]]:
+    """system id -> WAL file names no kept backup needs. Only for systems that have (or
+    had) backups in the catalog: a cluster with no backup yet keeps all its WAL. Within a
+    system with kept backups: every segment before the oldest kept backup's start segment
+    (any timeline); history files are kept (tiny, and recovery reads them). A system whose
+    backups all expired loses all its WAL."""
+    out: dict[str, list[str]] = {}
+    for system_id, names in wal.items():
+        if system_id not in cataloged_systems:
+            continue
+        mine = [b for b in kept if b.system_id == system_id]
+        if not mine:
+            out[system_id] = sorted(names)
+            continue
+        size = mine[0].segment_size
+        oldest = min(b.start_segno for b in mine)
+        doomed = []
+        for name in names:
+            parsed = parse_segment(name, size)
+            if parsed is not None and parsed[1] < oldest:
+                doomed.append(name)
+        if doomed:
+            out[system_id] = sorted(doomed)
+    return out
