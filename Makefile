@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 UV := uv
 APT_PACKAGES := mmdebstrap systemd-container systemd iproute2 nftables haproxy openssl openssh-client \
-                etcd-server postgresql-15 python3-boto3 python3-zstandard curl
+                etcd-server postgresql-15 python3-boto3 python3-zstandard curl nginx php-cli php-pgsql
 PYTEST_ARGS ?=
 # No network but the package registries: Prefect must not try to send telemetry.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false

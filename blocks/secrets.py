@@ -24,6 +24,23 @@ CLUSTER_SECRETS = (
     HAPROXY_STATS,
 )
 
+# The web tier's: the WordPress database role's password and WordPress's authentication
+# keys and salts (wp-config.php), one block each.
+WORDPRESS_DB = "wordpress-db"
+WORDPRESS_SALTS = {
+    key: "wordpress-" + key.lower().replace("_", "-")
+    for key in (
+        "AUTH_KEY",
+        "SECURE_AUTH_KEY",
+        "LOGGED_IN_KEY",
+        "NONCE_KEY",
+        "AUTH_SALT",
+        "SECURE_AUTH_SALT",
+        "LOGGED_IN_SALT",
+        "NONCE_SALT",
+    )
+}
+
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 # Letters and digits only: safe unquoted in YAML, URLs, .pgpass, env files and haproxy.cfg.
 _ALPHABET = string.ascii_letters + string.digits

@@ -222,11 +222,82 @@ class HAProxySpec(_Section):
         return self
 
 
-class WordPressSpec(_Section):
-    """Filled in by the web-tier issue."""
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_SQL_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
+
+class Pinned(_Section):
+    """One release Lifeboat downloads on a droplet: never unpacked unless its SHA-256 matches."""
+
+    version: str = Field(pattern=r"^[0-9][0-9A-Za-z.-]*$")
+    url: str
+    # No default checksum: none could be verified on the machine this was written on (no
+    # internet). Compute and compare it against the publisher's before setting it.
+    sha256: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith("https://") or not value.endswith((".tar.gz", ".tgz")):
+            raise ValueError(
+                f"{value!r}: give an https:// URL of a .tar.gz release archive "
+                "(only gzip tarballs are unpacked)"
+            )
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.match(value.lower()):
+            raise ValueError(
+                f"{value!r} is not a SHA-256: write the 64 hex digits `sha256sum` prints"
+            )
+        return value.lower() if value else value
+
+
+class WordPressVersions(_Section):
+    # PG4WP 3.4.1 is tested up to WordPress 6.4.3 (FIELD-NOTES): upgrade them together.
+    wordpress: Pinned = Pinned(version="6.4.3", url="https://wordpress.org/wordpress-6.4.3.tar.gz")
+    pg4wp: Pinned = Pinned(
+        version="3.4.1",
+        url="https://github.com/PostgreSQL-For-Wordpress/postgresql-for-wordpress/archive/"
+        "refs/tags/v3.4.1.tar.gz",
+    )
+
+
+class WordPressSpec(_Section):
+    """The web tier: nginx + php-fpm + WordPress (+ PG4WP) on the wordpress droplets."""
+
+    # The site's name (nginx server_name, WordPress's home); default `<stack>.lifeboat.test`.
     domain: str | None = None
-    versions: dict[str, str] = Field(default_factory=dict)
+    versions: WordPressVersions = Field(default_factory=WordPressVersions)
+    db_name: str = "wordpress"
+    db_user: str = "wordpress"
+    table_prefix: str = Field(default="wp_", pattern=r"^[A-Za-z0-9_]{1,20}$")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and not _DOMAIN.match(value):
+            raise ValueError(
+                f"wordpress.domain {value!r} must be a lowercase DNS name such as "
+                "'blog.example.com' (no scheme, port or path)"
+            )
+        return value
+
+    @field_validator("db_name", "db_user")
+    @classmethod
+    def _sql_name(cls, value: str) -> str:
+        if not _SQL_NAME.match(value) or value.startswith("pg_") or value == "postgres":
+            raise ValueError(
+                f"{value!r}: use lowercase letters, digits and '_' (not starting with a digit "
+                "or 'pg_', and not 'postgres'), e.g. 'wordpress'"
+            )
+        return value
+
+    def site_domain(self, stack: str) -> str:
+        return self.domain or f"{stack}.lifeboat.test"
 
 
 class BackupSpec(_Section):

@@ -60,6 +60,17 @@ def up_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command("wordpress")
+def wordpress_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
+    """Roll the web tier out alone, one droplet at a time behind health gates."""
+    stack = _load_spec(spec)
+    _lab_blocks(credentials)
+    from flows.wordpress import wordpress
+
+    result = wordpress(stack, credentials)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
 @app.command("provision")
 def provision_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Only the cloud resources: droplets, VPC, firewalls, load balancer, bucket."""

@@ -26,6 +26,17 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
     "wal/archive.sh.j2": ("/usr/local/lib/lifeboat/wal-archive", "root:root", "0755"),
     "wal/restore.sh.j2": ("/usr/local/lib/lifeboat/wal-restore", "root:root", "0755"),
     "wal/wal.conf.j2": ("/etc/lifeboat/wal.conf", "postgres:postgres", "0600"),
+    "wordpress/nginx-site.conf.j2": ("/etc/nginx/sites-available/lifeboat", "root:root", "0644"),
+    # Beside the release directory (WordPress looks one level above ABSPATH), outside the
+    # document root; with Debian's package (the lab) /etc/wordpress/config-lifeboat.php.
+    "wordpress/wp-config.php.j2": ("/var/www/lifeboat/wp-config.php", "root:www-data", "0640"),
+    "wordpress/wordpress-db.php.j2": ("/etc/lifeboat/wordpress-db.php", "root:www-data", "0640"),
+    "wordpress/lifeboat-health.php": (
+        "/usr/local/lib/lifeboat/lifeboat-health.php",
+        "root:root",
+        "0644",
+    ),
+    "wordpress/fetch-release.sh": ("/usr/local/lib/lifeboat/fetch-release", "root:root", "0755"),
     "wal/lifeboat-wal-agent.service.j2": (
         "/etc/systemd/system/lifeboat-wal-agent.service",
         "root:root",

@@ -1,0 +1,625 @@
+"""The web tier on the wordpress droplets: nginx + php-fpm, WordPress core (+ PG4WP),
+wp-config.php, Lifeboat's health endpoint; the WordPress database and role on the primary;
+the load balancer's membership during a rollout.
+
+Two sources of WordPress core:
+- "download" (DigitalOcean): WordPress and PG4WP fetched on the droplet from their pinned
+  URLs, checked against their pinned SHA-256 before anything is unpacked
+  (templates/wordpress/fetch-release.sh), assembled into
+  /var/www/lifeboat/releases/wordpress-<v>-pg4wp-<v>, switched in by a symlink.
+- "debian" (the local cloud, which has no internet): Debian's `wordpress` package from the
+  image; PG4WP is absent, so WordPress itself cannot install on PostgreSQL there.
+Either way nginx serves /var/www/lifeboat/wordpress (a symlink to the release).
+
+Every secret reaches the droplet in a file placed by `put`, never on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from email.message import Message
+
+import pydo
+from fabric import Connection
+
+from blocks.stack import StackSpec
+from tasks import droplets
+from tasks.haproxy import PGPASS
+from tasks.hosts import Host, put, run
+from tasks.render import DESTINATIONS, render
+
+LAB = "lab"
+PHP_FPM = "php8.2-fpm"  # Debian 12's
+PHP_SOCKET = "/run/php/php8.2-fpm.sock"
+SERVICES = ("nginx", PHP_FPM)
+BASE = "/var/www/lifeboat"
+DOCROOT = f"{BASE}/wordpress"  # symlink to the active release
+RELEASES = f"{BASE}/releases"
+DEBIAN_CORE = "/usr/share/wordpress"
+DEBIAN_CONTENT = "/var/lib/wordpress"  # Debian's WP_CONTENT_DIR is <this>/wp-content
+DEBIAN_CONFIG = "lifeboat"  # Debian's loader reads /etc/wordpress/config-<this>.php
+DEBIAN_WP_CONFIG = f"/etc/wordpress/config-{DEBIAN_CONFIG}.php"
+SITE = DESTINATIONS["wordpress/nginx-site.conf.j2"][0]
+SITE_ENABLED = "/etc/nginx/sites-enabled/lifeboat"
+DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+HEALTH_SCRIPT = DESTINATIONS["wordpress/lifeboat-health.php"][0]
+FETCH = DESTINATIONS["wordpress/fetch-release.sh"][0]
+WP_PGPASS = "/root/.lifeboat-wordpress-pgpass"
+SQL_FILE = "/root/.lifeboat-wordpress.sql"
+HEALTH_TABLE = "lifeboat_health"
+
+
+class WordPressError(RuntimeError):
+    pass
+
+
+def offline(credentials: str) -> bool:
+    """The local cloud has no internet: WordPress core from Debian's package, no PG4WP."""
+    return credentials == LAB
+
+
+def source_note(spec: StackSpec, credentials: str) -> str:
+    v = spec.wordpress.versions
+    if offline(credentials):
+        return (
+            "local cloud: WordPress core comes from Debian's `wordpress` package in the image "
+            f"and PG4WP {v.pg4wp.version} is absent (no internet here), so WordPress itself "
+            "cannot install on PostgreSQL in this stack; nginx, php-fpm, wp-config.php, the "
+            "database and role and the health endpoint (a write and a read through HAProxy) "
+            "are still deployed and checked"
+        )
+    return (
+        f"WordPress {v.wordpress.version} and PG4WP {v.pg4wp.version} from their pinned URLs, "
+        "checked against their pinned SHA-256 before unpacking"
+    )
+
+
+def check_pins(spec: StackSpec) -> None:
+    """Downloads need a checksum: refuse before touching any droplet."""
+    missing = [
+        name
+        for name, pin in (
+            ("wordpress", spec.wordpress.versions.wordpress),
+            ("pg4wp", spec.wordpress.versions.pg4wp),
+        )
+        if not pin.sha256
+    ]
+    if missing:
+        raise WordPressError(
+            f"wordpress.versions.{'/'.join(missing)}.sha256 not set: download the archive on a "
+            "trusted machine, compare it with the publisher's checksum, and put its "
+            "`sha256sum` in the spec (Lifeboat never unpacks an unverified archive)"
+        )
+
+
+def release_dir(spec: StackSpec) -> str:
+    v = spec.wordpress.versions
+    return f"{RELEASES}/wordpress-{v.wordpress.version}-pg4wp-{v.pg4wp.version}"
+
+
+def core_dir(spec: StackSpec, credentials: str) -> str:
+    return DEBIAN_CORE if offline(credentials) else release_dir(spec)
+
+
+def db_address(spec: StackSpec, host: Host, haproxy_hosts: list[Host]) -> tuple[str, int]:
+    """HAProxy's primary port: on this droplet when it runs HAProxy, else the first
+    HAProxy droplet's private address."""
+    port = spec.haproxy.primary_port
+    if "haproxy" in host.roles:
+        return "127.0.0.1", port
+    if not haproxy_hosts:
+        raise WordPressError(f"stack {spec.name} has no haproxy droplet for {host.name}")
+    return haproxy_hosts[0].private_ip, port
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def php_str(value: object) -> str:
+    """A PHP single-quoted string literal."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class File:
+    path: str
+    content: str
+    mode: str
+    owner: str
+
+
+def _file(template: str, content: str, path: str | None = None) -> File:
+    dest, owner, mode = DESTINATIONS[template]
+    return File(path or dest, content, mode, owner)
+
+
+def render_site(spec: StackSpec, debian: bool) -> str:
+    return render(
+        "wordpress/nginx-site.conf.j2",
+        domain=spec.wordpress.site_domain(spec.name),
+        docroot=DOCROOT,
+        health_path=droplets.WEB_HEALTH_PATH,
+        health_script=HEALTH_SCRIPT,
+        php_socket=PHP_SOCKET,
+        debian_config=DEBIAN_CONFIG if debian else "",
+    )
+
+
+def render_wp_config(
+    spec: StackSpec, db_host: str, password: str, salts: dict[str, str], abspath: str | None
+) -> str:
+    """`abspath` None: Debian's loader includes this file and then wp-settings.php itself."""
+    wp = spec.wordpress
+    domain = wp.site_domain(spec.name)
+    return render(
+        "wordpress/wp-config.php.j2",
+        domain=domain,
+        salts=salts,
+        php_str=php_str,
+        standalone=abspath is not None,
+        php={
+            "db_name": php_str(wp.db_name),
+            "db_user": php_str(wp.db_user),
+            "db_password": php_str(password),
+            "db_host": php_str(db_host),
+            "table_prefix": php_str(wp.table_prefix),
+            "home": php_str(f"http://{domain}"),
+            "abspath": php_str(f"{abspath}/" if abspath else ""),
+            "dropin": php_str(f"{abspath or DEBIAN_CONTENT}/wp-content/db.php"),
+        },
+    )
+
+
+def render_db_settings(spec: StackSpec, host: str, port: int, password: str) -> str:
+    wp = spec.wordpress
+    return render(
+        "wordpress/wordpress-db.php.j2",
+        php={
+            "host": php_str(host),
+            "port": str(port),
+            "db_name": php_str(wp.db_name),
+            "db_user": php_str(wp.db_user),
+            "db_password": php_str(password),
+        },
+    )
+
+
+def site_files(
+    spec: StackSpec,
+    host: Host,
+    haproxy_hosts: list[Host],
+    credentials: str,
+    password: str,
+    salts: dict[str, str],
+) -> list[File]:
+    """Every file the web tier places on `host`."""
+    debian = offline(credentials)
+    db_host, port = db_address(spec, host, haproxy_hosts)
+    dsn_host = f"{db_host}:{port}"
+    if debian:
+        config = _file(
+            "wordpress/wp-config.php.j2",
+            render_wp_config(spec, dsn_host, password, salts, None),
+            DEBIAN_WP_CONFIG,
+        )
+    else:
+        config = _file(
+            "wordpress/wp-config.php.j2",
+            render_wp_config(spec, dsn_host, password, salts, DOCROOT),
+        )
+    files = [
+        _file("wordpress/nginx-site.conf.j2", render_site(spec, debian)),
+        config,
+        _file("wordpress/wordpress-db.php.j2", render_db_settings(spec, db_host, port, password)),
+        _file("wordpress/lifeboat-health.php", render("wordpress/lifeboat-health.php")),
+    ]
+    if not debian:
+        files.append(_file("wordpress/fetch-release.sh", render("wordpress/fetch-release.sh")))
+    return files
+
+
+# --- what differs on a droplet -------------------------------------------------------------
+
+
+@dataclass
+class Drift:
+    """What a droplet lacks against the desired state; empty when it needs nothing."""
+
+    files: list[str] = field(default_factory=list)
+    link: bool = False  # DOCROOT does not point at the release
+    site: bool = False  # our site not enabled, or Debian's default site still enabled
+    stopped: list[str] = field(default_factory=list)  # services not active or not enabled
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self.link or self.site or self.stopped)
+
+    def describe(self) -> str:
+        parts = []
+        if self.files:
+            parts.append("files " + ", ".join(self.files))
+        if self.link:
+            parts.append(f"{DOCROOT} release link")
+        if self.site:
+            parts.append("nginx site")
+        if self.stopped:
+            parts.append("not running/enabled: " + ", ".join(self.stopped))
+        return "; ".join(parts)
+
+
+def _digest(file: File) -> str:
+    import hashlib
+
+    return f"{int(file.mode, 8):o} {file.owner} {hashlib.sha256(file.content.encode()).hexdigest()}"
+
+
+def drift(conn: Connection, files: list[File], target: str) -> Drift:
+    """One SSH round trip: each file's mode, owner and checksum, the release link, the
+    enabled sites, the services."""
+    lines = [
+        f"echo \"$(stat -c '%a %U:%G' {shlex.quote(f.path)} 2>/dev/null || echo missing) "
+        f"$(sha256sum {shlex.quote(f.path)} 2>/dev/null | cut -d' ' -f1)\""
+        for f in files
+    ]
+    lines.append(f"readlink {DOCROOT} || echo none")
+    lines.append(f"readlink {SITE_ENABLED} || echo none")
+    lines.append(f"[ -e {DEFAULT_SITE} ] && echo default || echo nodefault")
+    lines += [
+        f"systemctl is-active --quiet {s} && systemctl is-enabled --quiet {s} && echo up "
+        "|| echo down"
+        for s in SERVICES
+    ]
+    out = run(conn, "\n".join(lines), timeout=60).stdout.splitlines()
+    found = Drift()
+    for f, line in zip(files, out, strict=False):
+        if line.strip() != _digest(f):
+            found.files.append(f.path)
+    rest = out[len(files) :]
+    found.link = rest[0].strip() != target
+    found.site = rest[1].strip() != SITE or rest[2].strip() == "default"
+    found.stopped = [s for s, st in zip(SERVICES, rest[3:], strict=True) if st.strip() != "up"]
+    return found
+
+
+# --- deploy --------------------------------------------------------------------------------
+
+
+def ensure_release(conn: Connection, spec: StackSpec) -> bool:
+    """Download mode: WordPress and PG4WP fetched and verified by fetch-release, assembled
+    into the release directory (marked complete last, so a crash is redone). Returns
+    whether it was built."""
+    rel = release_dir(spec)
+    done = f"{rel}/.lifeboat-complete"
+    if run(conn, f"test -e {done}", warn=True, timeout=30).ok:
+        return False
+    v = spec.wordpress.versions
+    q = shlex.quote
+    run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", timeout=120)
+    for pin, dest in ((v.wordpress, rel), (v.pg4wp, rel + ".pg4wp")):
+        res = run(
+            conn, f"{FETCH} {q(pin.url)} {q(pin.sha256 or '')} {q(dest)}", warn=True, timeout=900
+        )
+        if not res.ok:
+            raise WordPressError(
+                f"{conn.host}: fetching {pin.url} failed: {res.stderr.strip().splitlines()[-1:]}"
+            )
+    # PG4WP's drop-in: wp-content/pg4wp plus wp-content/db.php (loaded by WordPress core).
+    run(
+        conn,
+        f"mv {q(rel + '.pg4wp')}/pg4wp {q(rel)}/wp-content/pg4wp && rm -rf {q(rel + '.pg4wp')} && "
+        f"cp {q(rel)}/wp-content/pg4wp/db.php {q(rel)}/wp-content/db.php && "
+        f"install -d -o www-data -g www-data -m 0755 {q(rel)}/wp-content/uploads && "
+        f"touch {done}",
+        timeout=120,
+    )
+    return True
+
+
+def deploy(
+    conn: Connection, files: list[File], target: str, release: StackSpec | None
+) -> list[str]:
+    """Converge one droplet; reload or start only what needs it. Returns what was done.
+    `release`: the spec whose release to fetch first (download mode), else None."""
+    done: list[str] = []
+    if release is not None:
+        put(conn, FETCH, render("wordpress/fetch-release.sh"), "0755", "root:root")
+        if ensure_release(conn, release):
+            done.append(f"release {target}")
+    changed = [f.path for f in files if put(conn, f.path, f.content, f.mode, f.owner)]
+    if changed:
+        done.append("files " + ", ".join(changed))
+    if run(conn, f'[ "$(readlink {DOCROOT})" = {shlex.quote(target)} ]', warn=True).ok is False:
+        run(
+            conn,
+            f"mkdir -p {BASE} && ln -sfn {shlex.quote(target)} {DOCROOT}.new && "
+            f"mv -T {DOCROOT}.new {DOCROOT}",
+        )
+        done.append(f"{DOCROOT} -> {target}")
+    site_changed = SITE in changed
+    if (
+        run(
+            conn, f'[ "$(readlink {SITE_ENABLED})" = {SITE} ] && [ ! -e {DEFAULT_SITE} ]', warn=True
+        ).ok
+        is False
+    ):
+        run(conn, f"ln -sfn {SITE} {SITE_ENABLED} && rm -f {DEFAULT_SITE}")
+        site_changed = True
+        done.append("nginx site enabled")
+    if site_changed:
+        check = run(conn, "nginx -t -q", warn=True, timeout=60)
+        if not check.ok:
+            raise WordPressError(f"{conn.host}: nginx -t rejected the site: {check.stderr.strip()}")
+    for service in SERVICES:
+        done += _service(conn, service, reload=service == "nginx" and site_changed)
+    return done
+
+
+def _service(conn: Connection, service: str, reload: bool) -> list[str]:
+    active = run(conn, f"systemctl is-active --quiet {service}", warn=True, timeout=30).ok
+    enabled = run(conn, f"systemctl is-enabled --quiet {service}", warn=True, timeout=30).ok
+    if active and enabled and not reload:
+        return []
+    cmd = f"systemctl enable --quiet {service}" if not enabled else ""
+    if not active:
+        cmd += f"{' && ' if cmd else ''}systemctl start {service}"
+    elif reload:
+        cmd += f"{' && ' if cmd else ''}systemctl reload {service}"
+    res = run(conn, cmd, warn=True, timeout=90)
+    if not res.ok:
+        raise WordPressError(
+            f"{conn.host}: {service} could not be started: "
+            f"{(res.stderr or res.stdout).strip().splitlines()[-1:] or 'no output'}"
+        )
+    return [("started " if not active else "reloaded ") + service]
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+def parse_health(code: int, body: str) -> tuple[bool, str]:
+    """(healthy, what the endpoint said): 200 with ok, a write and a read."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False, f"HTTP {code}, not JSON: {body.strip()[:200]!r}"
+    if not isinstance(data, dict):
+        return False, f"HTTP {code}: {body.strip()[:200]!r}"
+    healthy = (
+        code == 200 and data.get("ok") is True and data.get("write") == data.get("read") == "ok"
+    )
+    return healthy, f"HTTP {code}: {json.dumps(data, sort_keys=True)}"
+
+
+def local_health(conn: Connection, spec: StackSpec) -> tuple[int, str]:
+    """The health endpoint asked on the droplet itself (the firewall admits HTTP from the
+    load balancer only), with the site's Host header."""
+    domain = spec.wordpress.site_domain(spec.name)
+    res = run(
+        conn,
+        f"curl -s --max-time 8 -H {shlex.quote('Host: ' + domain)} -w '\\n%{{http_code}}' "
+        f"http://127.0.0.1{droplets.WEB_HEALTH_PATH}",
+        warn=True,
+        timeout=30,
+    )
+    body, _, code = res.stdout.rpartition("\n")
+    return (int(code) if code.strip().isdigit() else 0), body
+
+
+def wait_local_health(conn: Connection, spec: StackSpec, name: str, timeout: float = 45) -> str:
+    """The rollout's gate: the droplet's own health endpoint reports a write and a read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        healthy, said = parse_health(*local_health(conn, spec))
+        if healthy:
+            return said
+        if time.monotonic() > deadline:
+            raise WordPressError(f"{name} failed its health gate after {timeout:.0f}s: {said}")
+        time.sleep(1)
+
+
+def http_get(url: str, timeout: float = 8) -> tuple[int, dict[str, str], str]:
+    """GET from the orchestrator: (status, headers with lowercase names and repeated ones
+    joined by ", ", body); status 0 when unreachable."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, _headers(resp.headers), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, _headers(exc.headers), exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, {}, str(exc)
+
+
+def _headers(message: Message) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in message.items():
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+# --- the database --------------------------------------------------------------------------
+
+
+def _psql(
+    conn: Connection, port: int, user: str, db: str, passfile: str, sql: str = "", file: str = ""
+) -> str:
+    target = f"-f {file}" if file else f"-c {shlex.quote(sql)}"
+    res = run(
+        conn,
+        f"PGPASSFILE={passfile} PGCONNECT_TIMEOUT=5 psql -XAt -v ON_ERROR_STOP=1 "
+        f"-h 127.0.0.1 -p {port} -U {shlex.quote(user)} -d {shlex.quote(db)} {target}",
+        warn=True,
+        timeout=60,
+    )
+    if not res.ok:
+        raise WordPressError(
+            f"psql as {user} to {db} through {conn.host}:{port} failed: "
+            f"{res.stderr.strip().splitlines()[-1:]}"
+        )
+    return res.stdout.strip()
+
+
+def _can_login(conn: Connection, spec: StackSpec) -> bool:
+    wp = spec.wordpress
+    try:
+        return (
+            _psql(conn, spec.haproxy.primary_port, wp.db_user, wp.db_name, WP_PGPASS, "SELECT 1")
+            == "1"
+        )
+    except WordPressError:
+        return False
+
+
+def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[str]:
+    """On the primary, through HAProxy's primary port on this (haproxy) droplet, as the
+    superuser (HAProxy's pgpass, placed by the cluster runbook): the WordPress role (login,
+    nothing else), its database (owned by it, closed to PUBLIC), the health table, the
+    role's password in step with the Secret block. Returns what changed."""
+    wp, port = spec.wordpress, spec.haproxy.primary_port
+    reserved = {spec.patroni.superuser, spec.patroni.replication_user, spec.patroni.rewind_user}
+    if wp.db_user in reserved:
+        raise WordPressError(
+            f"wordpress.db_user {wp.db_user!r} is one of Patroni's roles: choose another"
+        )
+    su, role, dbname = spec.patroni.superuser, wp.db_user, wp.db_name
+
+    def q(sql: str, db: str = "postgres") -> str:
+        return _psql(conn, port, su, db, PGPASS, sql)
+
+    done = []
+    put(conn, WP_PGPASS, f"127.0.0.1:{port}:{dbname}:{role}:{password}\n", "0600", "root:root")
+    attrs = q(
+        "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls "
+        f"OR NOT rolcanlogin FROM pg_roles WHERE rolname = '{role}'"
+    )
+    flags = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+    if not attrs:
+        _secret_sql(conn, spec, f"CREATE ROLE {role} {flags} PASSWORD {_sql_str(password)};")
+        done.append(f"created role {role}")
+    elif attrs == "t":
+        q(f"ALTER ROLE {role} {flags}")
+        done.append(f"reset role {role} to login only")
+    owner = q(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{dbname}'")
+    if not owner:
+        q(f"CREATE DATABASE {dbname} OWNER {role} TEMPLATE template0 ENCODING 'UTF8'")
+        done.append(f"created database {dbname}")
+    elif owner != role:
+        q(f"ALTER DATABASE {dbname} OWNER TO {role}")
+        done.append(f"database {dbname} now owned by {role}")
+    # Other roles may not connect to WordPress's database (PUBLIC has CONNECT by default).
+    acl = (
+        "SELECT coalesce(array_to_string(datacl, ','), '=') ~ '(^|,)=' "
+        f"FROM pg_database WHERE datname = '{dbname}'"
+    )
+    if q(acl) == "t":
+        q(f"REVOKE ALL ON DATABASE {dbname} FROM PUBLIC; GRANT ALL ON DATABASE {dbname} TO {role}")
+        done.append(f"closed {dbname} to PUBLIC")
+    if not _can_login(conn, spec):
+        _secret_sql(conn, spec, f"ALTER ROLE {role} PASSWORD {_sql_str(password)};")
+        done.append(f"set {role}'s password from the Secret block")
+        if not _can_login(conn, spec):
+            raise WordPressError(f"{role} cannot log in to {dbname} through HAProxy after setup")
+    if (
+        _psql(
+            conn,
+            port,
+            role,
+            dbname,
+            WP_PGPASS,
+            f"SELECT to_regclass('public.{HEALTH_TABLE}') IS NULL",
+        )
+        == "t"
+    ):
+        _psql(
+            conn,
+            port,
+            role,
+            dbname,
+            WP_PGPASS,
+            f"CREATE TABLE IF NOT EXISTS public.{HEALTH_TABLE} (host text PRIMARY KEY, "
+            "token text NOT NULL, written_at timestamptz NOT NULL)",
+        )
+        done.append(f"created table {HEALTH_TABLE}")
+    return done
+
+
+def _secret_sql(conn: Connection, spec: StackSpec, sql: str) -> None:
+    """SQL that carries a password: in a 0600 file, removed at once (log_statement is off),
+    never on a command line."""
+    put(conn, SQL_FILE, sql + "\n", "0600", "root:root")
+    try:
+        _psql(
+            conn,
+            spec.haproxy.primary_port,
+            spec.patroni.superuser,
+            "postgres",
+            PGPASS,
+            file=SQL_FILE,
+        )
+    finally:
+        run(conn, f"rm -f {SQL_FILE}", warn=True)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# --- the load balancer ---------------------------------------------------------------------
+
+
+def load_balancer(do: pydo.Client, spec: StackSpec) -> dict:
+    name = f"lifeboat-{spec.name}"
+    for lb in droplets.paged(do.load_balancers.list, "load_balancers"):
+        if lb["name"] == name:
+            return lb
+    raise WordPressError(f"load balancer {name} not found: run the provision runbook first")
+
+
+def lb_members(do: pydo.Client, lb_id: str) -> list[int]:
+    lb = droplets.call("reading the load balancer", do.load_balancers.get, lb_id=lb_id)
+    return list(lb["load_balancer"].get("droplet_ids", []))
+
+
+def lb_remove(do: pydo.Client, lb_id: str, droplet_id: int) -> None:
+    droplets.call(
+        "removing a droplet from the load balancer",
+        do.load_balancers.remove_droplets,
+        lb_id=lb_id,
+        body={"droplet_ids": [droplet_id]},
+    )
+
+
+def lb_add(do: pydo.Client, lb_id: str, droplet_id: int) -> None:
+    droplets.call(
+        "adding a droplet to the load balancer",
+        do.load_balancers.add_droplets,
+        lb_id=lb_id,
+        body={"droplet_ids": [droplet_id]},
+    )
+
+
+def lb_health_url(lb: dict) -> str:
+    return f"http://{lb['ip']}{droplets.WEB_HEALTH_PATH}"
+
+
+def wait_lb_routes_to(lb: dict, name: str, timeout: float = 90) -> str:
+    """Until a request through the load balancer's address is answered, healthy, by
+    droplet `name`: proof the load balancer has taken it back."""
+    url = lb_health_url(lb)
+    deadline = time.monotonic() + timeout
+    said = "no answer"
+    while True:
+        code, _, body = http_get(url)
+        healthy, said = parse_health(code, body)
+        if healthy and json.loads(body).get("host") == name:
+            return said
+        if time.monotonic() > deadline:
+            raise WordPressError(
+                f"the load balancer did not route to {name} within {timeout:.0f}s; "
+                f"last answer {said}"
+            )
+        time.sleep(0.5)

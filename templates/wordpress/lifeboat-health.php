@@ -1,0 +1,84 @@
+<?php
+/*
+ * Lifeboat's web health endpoint (templates/wordpress/lifeboat-health.php): writes a row
+ * through HAProxy's primary port into the WordPress database, reads it back, and answers
+ * JSON. HTTP 200 only when both worked, else 503: the load balancer's health check and
+ * the rollout's gate. Short timeouts so a failover shows within a check or two.
+ */
+ini_set('display_errors', '0');
+header('Content-Type: application/json');
+header('Cache-Control: no-store');
+
+const DB_SETTINGS = '/etc/lifeboat/wordpress-db.php';
+const CONNECT_TIMEOUT_S = 2;      // libpq's minimum
+const STATEMENT_TIMEOUT_MS = 1500;
+
+$started = hrtime(true);
+$host = gethostname();
+$result = ['ok' => false, 'host' => $host, 'write' => 'not tried', 'read' => 'not tried'];
+
+function pg_literal(string $value): string
+{
+    return "'" . str_replace(['\\', "'"], ['\\\\', "\\'"], $value) . "'";
+}
+
+function finish(array $result, int $started): void
+{
+    $result['latency_ms'] = round((hrtime(true) - $started) / 1e6, 1);
+    http_response_code($result['ok'] ? 200 : 503);
+    echo json_encode($result), "\n";
+    exit;
+}
+
+function failure(string $what): string
+{
+    // The first line of the driver's message only; it never contains the password.
+    $err = error_get_last();
+    $msg = $err ? strtok($err['message'], "\n") : 'unknown error';
+    return $what . ': ' . preg_replace('/^pg_\w+\(\): /', '', $msg);
+}
+
+if (!is_readable(DB_SETTINGS)) {
+    $result['error'] = 'database settings not readable';
+    finish($result, $started);
+}
+$db = require DB_SETTINGS;
+$dsn = implode(' ', [
+    'host=' . pg_literal($db['host']),
+    'port=' . pg_literal((string) $db['port']),
+    'dbname=' . pg_literal($db['dbname']),
+    'user=' . pg_literal($db['user']),
+    'password=' . pg_literal($db['password']),
+    'connect_timeout=' . CONNECT_TIMEOUT_S,
+    'application_name=lifeboat-health',
+    'options=' . pg_literal('-c statement_timeout=' . STATEMENT_TIMEOUT_MS),
+]);
+$conn = @pg_connect($dsn, PGSQL_CONNECT_FORCE_NEW);
+if ($conn === false) {
+    $result['error'] = failure('connect');
+    finish($result, $started);
+}
+
+$token = bin2hex(random_bytes(8));
+$write = @pg_query_params(
+    $conn,
+    'INSERT INTO lifeboat_health (host, token, written_at) VALUES ($1, $2, now()) '
+    . 'ON CONFLICT (host) DO UPDATE SET token = EXCLUDED.token, written_at = EXCLUDED.written_at',
+    [$host, $token]
+);
+if ($write === false) {
+    $result['write'] = failure('failed');
+    finish($result, $started);
+}
+$result['write'] = 'ok';
+
+$read = @pg_query_params($conn, 'SELECT token FROM lifeboat_health WHERE host = $1', [$host]);
+$row = $read === false ? false : pg_fetch_row($read);
+if ($row === false || $row[0] !== $token) {
+    $result['read'] = $read === false ? failure('failed') : 'row not read back';
+    finish($result, $started);
+}
+$result['read'] = 'ok';
+$result['ok'] = true;
+pg_close($conn);
+finish($result, $started);
