@@ -1,15 +1,20 @@
 """status: what a stack looks like right now: droplets and roles, etcd health, Patroni
-members (role, state, timeline, lag), HAProxy backends. Read-only; a part that cannot be
-reached is reported as such instead of failing the whole report."""
+members (role, state, timeline, lag), HAProxy backends, WAL archiving per database droplet
+(pg_stat_archiver, segments waiting) and the backup catalog. Read-only; a part that cannot
+be reached is reported as such instead of failing the whole report."""
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger
 
+from blocks.credentials import SpacesCredentials
 from blocks.stack import StackSpec
 from flows import remote as rm
-from tasks import etcd, haproxy, patroni
+from tasks import backup, etcd, haproxy, patroni
 from tasks.hosts import Host, run
+from tasks.spaces import s3_client
 
 UNITS = {"etcd": "etcd", "postgres": "patroni", "haproxy": "haproxy"}
 
@@ -45,6 +50,30 @@ def _first_answer(hosts: list[Host], remote: rm.Remote, ask):  # noqa: ANN001, A
     return {"ok": False, "problems": errors or ["no hosts with this role"]}
 
 
+def _archiver(conn) -> dict:  # noqa: ANN001 - fabric
+    try:
+        return backup.archiver(conn)
+    except Exception as exc:  # noqa: BLE001 - PostgreSQL down here is a finding
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _backups(spec: StackSpec, credentials: str) -> dict:
+    """The catalog: how many backups, the newest and its age."""
+    try:
+        s3 = s3_client(SpacesCredentials.load(credentials))
+        entries, problems = backup.read_catalog(s3, spec.bucket, spec.name)
+    except Exception as exc:  # noqa: BLE001 - Spaces away is a finding
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    newest = entries[-1].manifest if entries else None
+    return {
+        "count": len(entries),
+        "newest": newest["id"] if newest else None,
+        "newest_age_s": round(time.time() - newest["stopped_at"]) if newest else None,
+        "newest_stored_bytes": newest["stored_bytes"] if newest else None,
+        "problems": problems,
+    }
+
+
 @flow(name="status", log_prints=False)
 def stack_status(spec: StackSpec, credentials: str = "lab") -> dict:
     """Droplets and roles, etcd health, Patroni members, HAProxy backends, service start
@@ -72,6 +101,7 @@ def stack_status(spec: StackSpec, credentials: str = "lab") -> dict:
                 entry["services"] = service_since(conn, units)
                 if "postgres" in host.roles:
                     entry["postgres"] = patroni.member_info(conn, host.private_ip)
+                    entry["archiver"] = _archiver(conn)
         except Exception as exc:  # noqa: BLE001 - an unreachable droplet is a finding
             entry["error"] = f"{type(exc).__name__}: {exc}"
         droplets.append(entry)
@@ -99,6 +129,7 @@ def stack_status(spec: StackSpec, credentials: str = "lab") -> dict:
                 status["haproxy"][host.name] = haproxy.haproxy_status(conn)
         except Exception as exc:  # noqa: BLE001
             status["haproxy"][host.name] = {"error": f"{type(exc).__name__}: {exc}"}
+    status["backups"] = _backups(spec, credentials)
     status["ok"] = (
         not status["missing_droplets"]
         and status["etcd"].get("ok", False)

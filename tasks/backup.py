@@ -1,0 +1,269 @@
+"""Base backups and the catalog in Spaces: the source chosen from Patroni's view, the
+droplet's basebackup.py run over SSH, the manifest written last, WAL gap checks and
+retention. The pure rules are in tasks/catalog.py."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+from botocore.exceptions import ClientError
+from fabric import Connection
+
+from tasks import catalog
+from tasks.catalog import MANIFEST, Backup
+from tasks.hosts import run
+from tasks.patroni import Member
+from tasks.render import DESTINATIONS
+
+PROGRAM = DESTINATIONS["wal/basebackup.py"][0]
+PSQL = "runuser -u postgres -- psql -XAtq -h /var/run/postgresql -c"
+# A replica this far behind (bytes) is not a good source: its backup would start old.
+MAX_SOURCE_LAG = 16 << 20
+
+
+class BackupError(RuntimeError):
+    pass
+
+
+def new_id(now: float | None = None) -> str:
+    """Sortable, unique per stack at one-second resolution (one backup at a time)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
+def choose_source(members: list[Member]) -> tuple[str, str]:
+    """(member name, why). A streaming replica, preferring one that is not the synchronous
+    standby (a backup's reads slow down the commits that wait for it), then the least lag;
+    the primary only when no replica is healthy."""
+    leader = next((m for m in members if m.is_leader), None)
+    replicas = [
+        m
+        for m in members
+        if not m.is_leader
+        and m.state == "streaming"
+        and m.lag is not None
+        and m.lag <= MAX_SOURCE_LAG
+        and (leader is None or m.timeline == leader.timeline)
+    ]
+    if replicas:
+        best = min(replicas, key=lambda m: (m.role == "sync_standby", m.lag))
+        return best.name, f"healthy replica ({best.role}, lag {best.lag} B)"
+    if leader is None or leader.state != "running":
+        raise BackupError("no healthy replica and no running primary: nothing to back up from")
+    return leader.name, "no healthy replica: backing up from the primary"
+
+
+def take(conn: Connection, backup_id: str, timeout: float = 6 * 3600) -> dict[str, Any]:
+    """Runs basebackup.py as postgres on the droplet; its JSON facts."""
+    res = run(
+        conn,
+        f"runuser -u postgres -- /usr/bin/python3 {PROGRAM} take --id {shlex.quote(backup_id)}",
+        warn=True,
+        timeout=timeout,
+    )
+    if not res.ok:
+        raise BackupError(f"base backup on {conn.host} failed: {res.stderr.strip()[-500:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def system_identifier(conn: Connection) -> str:
+    return run(
+        conn, f'{PSQL} "SELECT system_identifier FROM pg_control_system()"', timeout=30
+    ).stdout.strip()
+
+
+def backups_prefix(stack: str, system_id: str) -> str:
+    return f"{stack}/{system_id}/backups/"
+
+
+def manifest_key(stack: str, system_id: str, backup_id: str) -> str:
+    return f"{backups_prefix(stack, system_id)}{backup_id}/{MANIFEST}"
+
+
+def list_keys(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
+    """key -> size of every object under prefix."""
+    out: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+@dataclass(frozen=True)
+class Entry:
+    backup: Backup
+    manifest: dict[str, Any]
+
+
+def _is_manifest(parts: list[str]) -> bool:
+    return len(parts) == 5 and parts[2] == "backups" and parts[4] == MANIFEST
+
+
+def read_catalog(s3: Any, bucket: str, stack: str) -> tuple[list[Entry], list[str]]:
+    """(cataloged backups oldest first, problems). A manifest whose objects are not all
+    stored at their recorded sizes is a problem, not a backup."""
+    keys = list_keys(s3, bucket, f"{stack}/")
+    entries, problems = [], []
+    manifests = [k for k in keys if _is_manifest(k.split("/"))]
+    for key in sorted(manifests):
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        absent = [o["key"] for o in manifest["objects"] if keys.get(o["key"]) != o["bytes"]]
+        if absent:
+            problems.append(f"backup {manifest['id']}: objects missing or short: {absent}")
+            continue
+        entries.append(Entry(Backup.from_manifest(manifest, key), manifest))
+    entries.sort(key=lambda e: e.backup.stopped_at)
+    return entries, problems
+
+
+def write_manifest(s3: Any, bucket: str, stack: str, facts: dict[str, Any], **extra: Any) -> dict:
+    """The manifest, written only after every object it lists is confirmed stored at its
+    size: from then on the backup is in the catalog."""
+    for obj in facts["objects"]:
+        head = s3.head_object(Bucket=bucket, Key=obj["key"])
+        if head["ContentLength"] != obj["bytes"]:
+            raise BackupError(
+                f"{obj['key']}: stored {head['ContentLength']} bytes, the backup sent "
+                f"{obj['bytes']}: not cataloged"
+            )
+    size = facts["wal_segment_size"]
+    manifest = {
+        **facts,
+        "stack": stack,
+        "wal_start": catalog.segment_name(
+            facts["timeline"], catalog.lsn(facts["start_lsn"]) // size, size
+        ),
+        "wal_stop": catalog.segment_name(
+            facts["timeline"], catalog.lsn(facts["stop_lsn"]) // size, size
+        ),
+        "stored_bytes": sum(o["bytes"] for o in facts["objects"]),
+        "raw_bytes": sum(o["raw_bytes"] for o in facts["objects"]),
+        **extra,
+    }
+    key = manifest_key(stack, facts["system_identifier"], facts["id"])
+    s3.put_object(
+        Bucket=bucket, Key=key, Body=json.dumps(manifest, indent=1).encode(),
+        ContentType="application/json",
+    )  # fmt: skip
+    return manifest
+
+
+def abort_stale_uploads(s3: Any, bucket: str, stack: str) -> list[str]:
+    """Multipart uploads of base backups left by a run that was cut off (one backup runs
+    at a time per stack, so any that exists now is stale). Their parts are invisible but
+    billed; the bucket's lifecycle rule would abort them only a day later."""
+    aborted = []
+    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=f"{stack}/")
+    for page in pages:
+        for upload in page.get("Uploads", []):
+            if "/backups/" in upload["Key"]:
+                s3.abort_multipart_upload(
+                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted.append(upload["Key"])
+    return aborted
+
+
+def wal_names(keys: dict[str, int], stack: str) -> dict[str, list[str]]:
+    """system id -> archived WAL file names, from a listing of the stack's prefix."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] == stack and parts[2] == "wal" and key.endswith(".zst"):
+            out.setdefault(parts[1], []).append(parts[3].removesuffix(".zst"))
+    return out
+
+
+def history(s3: Any, bucket: str, stack: str, system_id: str, timeline: int) -> str:
+    """Timeline `timeline`'s history file from the archive ('' for timeline 1)."""
+    if timeline == 1:
+        return ""
+    key = f"{stack}/{system_id}/wal/{timeline:08X}.history.zst"
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        raise BackupError(f"timeline {timeline}'s history file {key} is not archived") from exc
+    return zstandard.ZstdDecompressor().decompress(body, max_output_size=1 << 20).decode()
+
+
+def wal_gaps(
+    s3: Any, bucket: str, stack: str, manifest: dict[str, Any], last_segment: str
+) -> tuple[list[str], list[str]]:
+    """(needed, missing): the segments from the backup's start to `last_segment` (the
+    current one, on the current timeline) that recovery would read, and which of those
+    the archive lacks."""
+    system_id = manifest["system_identifier"]
+    size = manifest["wal_segment_size"]
+    timeline, last = catalog.parse_segment(last_segment, size) or (0, 0)
+    text = history(s3, bucket, stack, system_id, timeline)
+    needed = catalog.needed_segments(
+        catalog.lsn(manifest["start_lsn"]), last * size, timeline, catalog.parse_history(text), size
+    )
+    archived = set(wal_names(list_keys(s3, bucket, f"{stack}/{system_id}/wal/"), stack).get(
+        system_id, []
+    ))  # fmt: skip
+    return needed, catalog.missing(needed, archived)
+
+
+def delete_keys(s3: Any, bucket: str, keys: list[str]) -> int:
+    for i in range(0, len(keys), 1000):
+        batch = [{"Key": k} for k in keys[i : i + 1000]]
+        reply = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        if reply.get("Errors"):
+            first = reply["Errors"][0]
+            raise BackupError(f"deleting {first['Key']}: {first.get('Message', first['Code'])}")
+    return len(keys)
+
+
+def apply_retention(
+    s3: Any, bucket: str, stack: str, keep_count: int, keep_days: int, now: float | None = None
+) -> dict[str, Any]:
+    """Deletes expired backups (manifest first, so the catalog never lists a backup whose
+    objects are going) and the WAL no kept backup needs."""
+    entries, _ = read_catalog(s3, bucket, stack)
+    backups = [e.backup for e in entries]
+    kept, expired = catalog.retention(backups, now or time.time(), keep_count, keep_days)
+    for backup in expired:
+        manifest = [k for k in backup.keys if k.endswith(MANIFEST)]
+        delete_keys(s3, bucket, manifest)
+        delete_keys(s3, bucket, [k for k in backup.keys if k not in manifest])
+    wal = wal_names(list_keys(s3, bucket, f"{stack}/"), stack)
+    doomed = catalog.expired_wal(wal, kept, {b.system_id for b in backups})
+    deleted_wal = 0
+    for system_id, names in doomed.items():
+        keys = [f"{stack}/{system_id}/wal/{name}.zst" for name in names]
+        deleted_wal += delete_keys(s3, bucket, keys)
+    return {
+        "kept": [b.id for b in kept],
+        "expired": [b.id for b in expired],
+        "wal_deleted": deleted_wal,
+    }
+
+
+def archiver(conn: Connection) -> dict[str, Any]:
+    """pg_stat_archiver and the WAL waiting in archive_status on one database droplet."""
+    sql = (
+        "SELECT archived_count, failed_count, coalesce(last_archived_wal, ''),"
+        " coalesce(extract(epoch FROM now() - last_archived_time)::int, -1),"
+        " coalesce(last_failed_wal, ''),"
+        " coalesce(extract(epoch FROM now() - last_failed_time)::int, -1), pg_is_in_recovery(),"
+        " current_setting('data_directory') FROM pg_stat_archiver"
+    )
+    row = run(conn, f'{PSQL} "{sql}"', timeout=30).stdout.strip().split("|")
+    ready = run(
+        conn, f"ls {shlex.quote(row[7])}/pg_wal/archive_status | grep -c '\\.ready$'", warn=True,
+        timeout=30,
+    ).stdout.strip()  # fmt: skip
+    return {
+        "archived_count": int(row[0]),
+        "failed_count": int(row[1]),
+        "last_archived_wal": row[2] or None,
+        "last_archived_age_s": None if row[3] == "-1" else int(row[3]),
+        "last_failed_wal": row[4] or None,
+        "last_failed_age_s": None if row[5] == "-1" else int(row[5]),
+        "in_recovery": row[6] == "t",
+        "ready": int(ready or 0),
+    }
