@@ -1,0 +1,234 @@
+"""Restore a base backup into a throwaway PostgreSQL on a database droplet, and prove it
+accepts writes: the seed of the restore drill, and what the backup benchmark times.
+
+The throwaway server lives beside the droplet's real one and must never disturb it: its
+own directory (data, socket, log, hba file), its own port, no TCP listener, and
+`archive_mode = off` so that after promotion it never writes into the stack's archive
+(its new timeline would otherwise land among the real cluster's WAL). It replays the
+archive to its end (`recovery.signal`, no recovery target), promotes, and is judged
+ready only when a write commits: a server that answers read-only queries has not
+finished recovery, and the drill's RTO is time-to-writable, not time-to-connect.
+
+Everything runs over SSH through `tasks.hosts` as root, with PostgreSQL work done as the
+postgres user. No secrets pass here: the base backup is fetched by basebackup.py and WAL
+by the WAL agent, both with the droplet's own 0600 config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass
+
+from fabric import Connection
+
+from tasks.hosts import run
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+BASEBACKUP = "/usr/local/lib/lifeboat/basebackup.py"
+WAL_RESTORE = "/usr/local/lib/lifeboat/wal-restore %f %p"
+ROOT = "/var/lib/postgresql/lifeboat-restore"
+AS_POSTGRES = "runuser -u postgres --"
+# A scratch name becomes a directory and part of cluster_name: keep it to safe characters.
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
+# The write that proves the server left recovery: pg_is_in_recovery() turns false a moment
+# before the first transaction can get an xid, so commit something real instead.
+PROBE_SQL = (
+    "CREATE TABLE IF NOT EXISTS lifeboat_restore_probe (at timestamptz NOT NULL);"
+    " INSERT INTO lifeboat_restore_probe VALUES (now());"
+)
+
+
+class RestoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Where one throwaway server lives on a droplet; every path derives from the name,
+    so cleanup needs nothing but the name."""
+
+    name: str
+    port: int
+    root: str = ROOT
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(f"scratch name {self.name!r}: use lowercase letters, digits, '-'")
+        if not 1024 < self.port < 65536 or self.port == 5432:
+            raise ValueError(f"port {self.port}: pick a free unprivileged port other than 5432")
+
+    @property
+    def base(self) -> str:
+        return f"{self.root}/{self.name}"
+
+    @property
+    def data(self) -> str:
+        return f"{self.base}/data"
+
+    @property
+    def socket_dir(self) -> str:
+        return f"{self.base}/socket"
+
+    @property
+    def log(self) -> str:
+        return f"{self.base}/postgresql.log"
+
+    @property
+    def hba(self) -> str:
+        return f"{self.base}/pg_hba.conf"
+
+
+@dataclass(frozen=True)
+class RestoreTimings:
+    """Seconds, measured on the orchestrator around each step (SSH round trips included,
+    a few ms each); `fetch` is download + decompress + extract + fsync."""
+
+    fetch: float
+    recovery: float  # server start until a write commits (WAL replay, promotion)
+    total: float
+    bytes: int  # stored (compressed) bytes fetched
+
+
+def server_options(s: Scratch, restore_command: str | None) -> list[str]:
+    """postgres `-c` options that override whatever the backup's own configuration says
+    (Patroni's postgresql.conf and postgresql.auto.conf come back with the backup: its
+    port, listen address, archive_command, synchronous_standby_names and, from a replica,
+    primary_conninfo would make the scratch server collide with, wait for, archive into
+    or stream from the real cluster). `restore_command` None keeps the one the restore
+    tool wrote into postgresql.auto.conf (pgBackRest does)."""
+    opts = {
+        "port": str(s.port),
+        "listen_addresses": "",  # unix socket only: nothing outside the droplet reaches it
+        "unix_socket_directories": s.socket_dir,
+        "hba_file": s.hba,
+        "cluster_name": f"lifeboat-restore-{s.name}",
+        "archive_mode": "off",  # never write the new timeline into the stack's archive
+        "primary_conninfo": "",
+        "primary_slot_name": "",
+        "synchronous_standby_names": "",  # no standby will ever confirm a commit here
+        "recovery_target_timeline": "latest",
+        "hot_standby": "off",  # no read-only phase: connections wait for promotion
+        "logging_collector": "off",
+        "log_destination": "stderr",
+    }
+    if restore_command is not None:
+        opts["restore_command"] = restore_command
+    return [item for key, value in opts.items() for item in ("-c", f"{key}={value}")]
+
+
+def prepare(conn: Connection, s: Scratch) -> None:
+    """An empty data directory, socket directory and a peer-only hba file, all postgres's.
+    Refuses to reuse a scratch that exists (a previous run's leftovers may be a running
+    server: `cleanup` it first) or a port something already listens on."""
+    if run(conn, f"test -e {shlex.quote(s.base)}", warn=True, timeout=30).ok:
+        raise RestoreError(f"{s.base} exists on {conn.host}: clean up scratch {s.name!r} first")
+    # The scratch server listens on its own socket only; a TCP listener on its port
+    # still means someone else chose it, and two scratch servers should not share one.
+    if run(conn, f"ss -Hltn 'sport = :{s.port}'", warn=True, timeout=30).stdout.strip():
+        raise RestoreError(f"port {s.port} is in use on {conn.host}")
+    hba = "local all all peer\\n"
+    run(
+        conn,
+        f"install -d -o postgres -g postgres -m 0700 {shlex.quote(s.root)} "
+        f"{shlex.quote(s.base)} {shlex.quote(s.data)} {shlex.quote(s.socket_dir)}"
+        f" && printf '{hba}' > {shlex.quote(s.hba)}"
+        f" && chown postgres:postgres {shlex.quote(s.hba)} && chmod 0600 {shlex.quote(s.hba)}",
+        timeout=30,
+    )
+
+
+def fetch(conn: Connection, s: Scratch, key: str, sha256: str, timeout: int = 1800) -> dict:
+    """Lifeboat's base backup object into the scratch data directory (basebackup.py
+    restore: streamed, checked against the manifest's SHA-256, every file fsynced)."""
+    res = run(
+        conn,
+        f"{AS_POSTGRES} python3 {BASEBACKUP} restore --key {shlex.quote(key)} "
+        f"--sha256 {shlex.quote(sha256)} --pgdata {shlex.quote(s.data)}",
+        warn=True,
+        timeout=timeout,
+    )
+    if not res.ok:
+        raise RestoreError(f"base backup restore on {conn.host} failed: {res.stderr.strip()}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def start(conn: Connection, s: Scratch, restore_command: str | None = WAL_RESTORE) -> None:
+    """Start archive recovery to the end of the archive: recovery.signal, no target.
+    Returns at once; `wait_writable` tells when recovery is over."""
+    data = shlex.quote(s.data)
+    run(conn, f"{AS_POSTGRES} touch {data}/recovery.signal && rm -f {data}/standby.signal",
+        timeout=30)  # fmt: skip
+    opts = shlex.join(server_options(s, restore_command))
+    run(
+        conn,
+        f"{AS_POSTGRES} {PG_BIN}/pg_ctl start --no-wait -D {data} -l {shlex.quote(s.log)} "
+        f"-o {shlex.quote(opts)}",
+        timeout=60,
+    )
+
+
+def wait_writable(conn: Connection, s: Scratch, timeout: float = 900) -> float:
+    """Polls (every 50 ms, on the droplet, so SSH latency does not blur the figure) until
+    PROBE_SQL commits; returns the seconds it took. Fails early, with the log's tail, when
+    the server stops (a missing WAL file before consistency, a bad setting)."""
+    pid = shlex.quote(f"{s.data}/postmaster.pid")
+    psql = (
+        f"{AS_POSTGRES} {PG_BIN}/psql -XAtq -h {shlex.quote(s.socket_dir)} -p {s.port} "
+        f"-U postgres -d postgres -v ON_ERROR_STOP=1 -c {shlex.quote(PROBE_SQL)}"
+    )
+    script = f"""
+start=$(date +%s.%N); deadline=$(( $(date +%s) + {int(timeout)} )); seen=0
+while :; do
+    if {psql} >/dev/null 2>&1; then
+        echo "ok $(awk "BEGIN {{ print $(date +%s.%N) - $start }}")"; exit 0
+    fi
+    if [ -e {pid} ]; then seen=1
+    elif [ $seen = 1 ] || [ $(( $(date +%s) - ${{start%.*}} )) -gt 10 ]; then
+        echo stopped; exit 0
+    fi
+    [ $(date +%s) -gt $deadline ] && {{ echo timeout; exit 0; }}
+    sleep 0.05
+done
+"""
+    res = run(conn, f"bash -c {shlex.quote(script)}", timeout=int(timeout) + 60)
+    word, _, seconds = res.stdout.strip().partition(" ")
+    if word == "ok":
+        return float(seconds)
+    tail = run(conn, f"tail -n 15 {shlex.quote(s.log)}", warn=True, timeout=30).stdout
+    state = "stopped" if word == "stopped" else f"not writable after {timeout:.0f}s"
+    raise RestoreError(f"scratch server {s.name} on {conn.host} {state}; its log ends:\n{tail}")
+
+
+def restore(
+    conn: Connection,
+    s: Scratch,
+    key: str,
+    sha256: str,
+    timeout: float = 1800,
+) -> RestoreTimings:
+    """The whole restore of a Lifeboat base backup (object `key`, SHA-256 from its
+    manifest) into scratch `s`, replaying the WAL agent's archive to its end, until a
+    write commits. The server is left running for checks: call `cleanup` after."""
+    t0 = time.monotonic()
+    prepare(conn, s)
+    fetched = fetch(conn, s, key, sha256, timeout=int(timeout))
+    t1 = time.monotonic()
+    start(conn, s)
+    wait_writable(conn, s, timeout=timeout)
+    t2 = time.monotonic()
+    return RestoreTimings(fetch=t1 - t0, recovery=t2 - t1, total=t2 - t0, bytes=fetched["bytes"])
+
+
+def cleanup(conn: Connection, s: Scratch) -> bool:
+    """Stop the scratch server (immediate: it is disposable) and delete its directory.
+    Idempotent; returns whether anything was there."""
+    if not run(conn, f"test -e {shlex.quote(s.base)}", warn=True, timeout=30).ok:
+        return False
+    if run(conn, f"test -e {shlex.quote(s.data)}/postmaster.pid", warn=True, timeout=30).ok:
+        run(conn, f"{AS_POSTGRES} {PG_BIN}/pg_ctl stop -m immediate -w -t 60 "
+                  f"-D {shlex.quote(s.data)}", warn=True, timeout=120)  # fmt: skip
+    run(conn, f"rm -rf --one-file-system {shlex.quote(s.base)}", timeout=300)
+    return True
