@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from botocore.exceptions import BotoCoreError, ClientError
 from cronsim import CronSim
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -59,14 +60,18 @@ def pick_source(remote: Remote, hosts: list[Host]) -> tuple[str, str]:
 
 
 @step
-def clear_stale_uploads(spec: StackSpec, credentials: str) -> list[str]:
+def clear_leftovers(spec: StackSpec, credentials: str) -> list[str]:
     s3 = s3_client(SpacesCredentials.load(credentials))
-    return bk.abort_stale_uploads(s3, spec.bucket, spec.name)
+    return bk.clear_leftovers(s3, spec.bucket, spec.name)
 
 
 # No retry: a cut-off backup leaves nothing cataloged; the next run starts afresh.
 @check
-def take(remote: Remote, source: Host) -> dict:
+def take(remote: Remote, hosts: list[Host], source: Host) -> dict:
+    leader = next(m for m in _members(remote, hosts) if m.is_leader)
+    if leader.name != source.name:
+        with remote.connect(next(h for h in hosts if h.name == leader.name)) as conn:
+            bk.checkpoint(conn)
     with remote.connect(source) as conn:
         return bk.take(conn, bk.new_id())
 
@@ -148,8 +153,8 @@ def backup(spec: StackSpec, credentials: str = "lab", wait_seconds: float = 0) -
 def _backup(spec: StackSpec, credentials: str, hosts: list[Host], remote: Remote) -> dict:
     source_name, why = pick_source(remote, hosts)
     source = next(h for h in hosts if h.name == source_name)
-    aborted = clear_stale_uploads(spec, credentials)
-    facts = take(remote, source)
+    leftovers = clear_leftovers(spec, credentials)
+    facts = take(remote, hosts, source)
     manifest = record(spec, credentials, facts, source_name, why)
     wal_range = verify_wal(spec, credentials, remote, hosts, manifest)
     kept = retention(spec, credentials)
@@ -170,7 +175,7 @@ def _backup(spec: StackSpec, credentials: str, hosts: list[Host], remote: Remote
         f"({wal_range['segments']} segments, no gap)",
         "retention": f"kept {len(kept['kept'])}, expired {kept['expired'] or 'none'}, "
         f"{kept['wal_deleted']} WAL files deleted",
-        "stale_uploads_aborted": len(aborted),
+        "leftovers_removed": len(leftovers),
     }
     create_table_artifact(
         table=[{"field": k, "value": str(v)} for k, v in report.items()],
@@ -232,14 +237,17 @@ def backup_health(
         )
     if arch["last_failed_age_s"] is not None and (age is None or arch["last_failed_age_s"] < age):
         problems.append(f"archiving fails on {leader.name}: last failure {arch['last_failed_wal']}")
-    s3 = s3_client(SpacesCredentials.load(credentials))
-    entries, catalog_problems = bk.read_catalog(s3, spec.bucket, spec.name)
+    s3 = s3_client(SpacesCredentials.load(credentials), retries={"max_attempts": 1})
+    try:
+        entries, catalog_problems = bk.read_catalog(s3, spec.bucket, spec.name)
+    except (BotoCoreError, ClientError) as exc:
+        entries, catalog_problems = None, [f"the backup catalog cannot be read: {exc}"]
     problems += catalog_problems
     now = time.time()
     allowed = schedule_period(spec.backup.schedule, now) + 3600
     newest = entries[-1].backup if entries else None
     backup_age = None if newest is None else now - newest.stopped_at
-    if backup_age is None or backup_age > allowed:
+    if entries is not None and (backup_age is None or backup_age > allowed):
         problems.append(
             "no base backup in the catalog"
             if newest is None

@@ -70,6 +70,13 @@ def take(conn: Connection, backup_id: str, timeout: float = 6 * 3600) -> dict[st
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def checkpoint(conn: Connection) -> None:
+    """A checkpoint on the primary: a replica can only restart (and so start a backup)
+    at a checkpoint it has replayed; without a fresh one its backup starts at the last
+    timed checkpoint, up to checkpoint_timeout of WAL earlier."""
+    run(conn, f'{PSQL} "CHECKPOINT"', timeout=600)
+
+
 def system_identifier(conn: Connection) -> str:
     return run(
         conn, f'{PSQL} "SELECT system_identifier FROM pg_control_system()"', timeout=30
@@ -151,11 +158,12 @@ def write_manifest(s3: Any, bucket: str, stack: str, facts: dict[str, Any], **ex
     return manifest
 
 
-def abort_stale_uploads(s3: Any, bucket: str, stack: str) -> list[str]:
-    """Multipart uploads of base backups left by a run that was cut off (one backup runs
-    at a time per stack, so any that exists now is stale). Their parts are invisible but
-    billed; the bucket's lifecycle rule would abort them only a day later."""
-    aborted = []
+def clear_leftovers(s3: Any, bucket: str, stack: str) -> list[str]:
+    """What a cut-off run left under backups/: multipart uploads never completed (invisible
+    but billed; the bucket's lifecycle rule would abort them only a day later) and objects
+    of a backup whose manifest was never written. Called at the start of a backup, when
+    the stack's concurrency limit guarantees that no other backup is running."""
+    removed = []
     pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=f"{stack}/")
     for page in pages:
         for upload in page.get("Uploads", []):
@@ -163,8 +171,12 @@ def abort_stale_uploads(s3: Any, bucket: str, stack: str) -> list[str]:
                 s3.abort_multipart_upload(
                     Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                 )
-                aborted.append(upload["Key"])
-    return aborted
+                removed.append(upload["Key"])
+    keys = [k for k in list_keys(s3, bucket, f"{stack}/") if k.split("/")[2:3] == ["backups"]]
+    with_manifest = {k.rsplit("/", 1)[0] for k in keys if _is_manifest(k.split("/"))}
+    orphans = [k for k in keys if k.rsplit("/", 1)[0] not in with_manifest]
+    delete_keys(s3, bucket, orphans)
+    return removed + orphans
 
 
 def wal_names(keys: dict[str, int], stack: str) -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ Runs on a database droplet as postgres with Debian's python3, python3-boto3 and
 python3-zstandard only, with the WAL agent's config (/etc/lifeboat/wal.conf) and S3 client
 (wal_agent.py, beside this file).
 
-  basebackup.py [--config FILE] take --id ID [--host DIR] [--port N]
+  basebackup.py [--config FILE] take --id ID [--host DIR] [--port N] [--max-rate R]
       pg_basebackup (tar to stdout, no WAL: the archive has it) -> zstd -> one multipart
       upload to <prefix>/<system id>/backups/<ID>/base.tar.zst. Nothing goes to disk;
       memory is bounded by (in-flight parts + 1) x part size. Prints one JSON object: what
@@ -108,7 +108,9 @@ def psql(host: str, port: int, query: str) -> str:
     return out.stdout.strip()
 
 
-def take(settings: wal_agent.Settings, backup_id: str, host: str, port: int, level: int) -> dict:
+def take(
+    settings: wal_agent.Settings, backup_id: str, host: str, port: int, level: int, max_rate: str
+) -> dict:
     facts = psql(
         host,
         port,
@@ -127,7 +129,7 @@ def take(settings: wal_agent.Settings, backup_id: str, host: str, port: int, lev
     started = time.time()
     proc = subprocess.Popen(
         [f"{PG_BIN}/pg_basebackup", "-h", host, "-p", str(port), "-U", "postgres", "-w",
-         "-D", "-", "-Ft", "-X", "none", "-c", "fast"],
+         "-D", "-", "-Ft", "-X", "none", "-c", "fast", *(["-r", max_rate] if max_rate else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     errors: list[bytes] = []
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--host", default="/var/run/postgresql")
     one.add_argument("--port", type=int, default=5432)
     one.add_argument("--level", type=int, default=3, help="zstd level")
+    one.add_argument("--max-rate", default="", help="pg_basebackup's --max-rate, e.g. 50M")
     back = sub.add_parser("restore", help="extract a base backup into an empty directory")
     back.add_argument("--key", required=True)
     back.add_argument("--sha256", required=True)
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = wal_agent.load_settings(args.config)
     try:
         if args.command == "take":
-            result = take(settings, args.id, args.host, args.port, args.level)
+            result = take(settings, args.id, args.host, args.port, args.level, args.max_rate)
         else:
             result = restore(settings, args.key, args.sha256, args.pgdata)
     except Exception as e:  # one line, never a traceback with request details
