@@ -71,6 +71,32 @@ def wordpress_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command("backup")
+def backup_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    wait: float = typer.Option(
+        0, "--wait", help="Seconds to queue behind a running backup of the stack (0: refuse)."
+    ),
+) -> None:
+    """A base backup to Spaces, cataloged, retention applied, WAL verified to now."""
+    stack = _load_spec(spec)
+    _lab_blocks(credentials)
+    from flows.backup import backup
+
+    typer.echo(json.dumps(backup(stack, credentials, wait), indent=2, default=str))
+
+
+@app.command("backup-health")
+def backup_health_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
+    """Fails when WAL archiving lags or the newest backup is older than the schedule allows."""
+    stack = _load_spec(spec)
+    _lab_blocks(credentials)
+    from flows.backup import backup_health
+
+    typer.echo(json.dumps(backup_health(stack, credentials), indent=2, default=str))
+
+
 @app.command("provision")
 def provision_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Only the cloud resources: droplets, VPC, firewalls, load balancer, bucket."""
@@ -127,6 +153,27 @@ def _status_text(status: dict) -> str:
             f"  {m['name']:<24} {m['role']:<13} {m['state']:<10} "
             f"timeline {m.get('timeline')}  lag {lag}"
         )
+    for d in status["droplets"]:
+        arch = d.get("archiver")
+        if arch and "error" in arch:
+            out.append(f"archiver {d['name']}: {arch['error']}")
+        elif arch and not arch["in_recovery"]:
+            age = arch["last_archived_age_s"]
+            out.append(
+                f"archiver {d['name']}: last {arch['last_archived_wal'] or '-'} "
+                f"{'-' if age is None else f'{age} s ago'}, failed {arch['failed_count']}, "
+                f"waiting {arch['ready']}"
+            )
+    b = status.get("backups", {})
+    if "error" in b:
+        out.append(f"backups: {b['error']}")
+    elif b.get("newest"):
+        out.append(
+            f"backups: {b['count']}, newest {b['newest']} ({b['newest_age_s'] / 3600:.1f} h ago, "
+            f"{b['newest_stored_bytes'] / 1e6:.0f} MB stored) {'; '.join(b['problems'])}"
+        )
+    else:
+        out.append(f"backups: none {'; '.join(b.get('problems', []))}")
     for host, backends in status["haproxy"].items():
         if "error" in backends:
             out.append(f"haproxy {host}: {backends['error']}")
