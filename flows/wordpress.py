@@ -84,8 +84,7 @@ def roll_one(
             )
             if in_lb:
                 wp.lb_remove(do, lb["id"], host.droplet_id)
-            release = None if wp.offline(credentials) else spec
-            done = wp.deploy(conn, files, target, release)
+            done = wp.deploy(conn, spec, files, target, fetch=not wp.offline(credentials))
         else:
             done = []
         # A failed gate leaves the droplet out of the load balancer (raises).

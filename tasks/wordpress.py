@@ -16,6 +16,7 @@ Every secret reaches the droplet in a file placed by `put`, never on a command l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import time
@@ -252,8 +253,6 @@ class Drift:
 
 
 def _digest(file: File) -> str:
-    import hashlib
-
     return f"{int(file.mode, 8):o} {file.owner} {hashlib.sha256(file.content.encode()).hexdigest()}"
 
 
@@ -320,18 +319,16 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
 
 
 def deploy(
-    conn: Connection, files: list[File], target: str, release: StackSpec | None
+    conn: Connection, spec: StackSpec, files: list[File], target: str, fetch: bool
 ) -> list[str]:
     """Converge one droplet; reload or start only what needs it. Returns what was done.
-    `release`: the spec whose release to fetch first (download mode), else None."""
+    With `fetch` (download mode) the release is built before the link moves to it."""
     done: list[str] = []
-    if release is not None:
-        put(conn, FETCH, render("wordpress/fetch-release.sh"), "0755", "root:root")
-        if ensure_release(conn, release):
-            done.append(f"release {target}")
     changed = [f.path for f in files if put(conn, f.path, f.content, f.mode, f.owner)]
     if changed:
         done.append("files " + ", ".join(changed))
+    if fetch and ensure_release(conn, spec):
+        done.append(f"release {target}")
     if run(conn, f'[ "$(readlink {DOCROOT})" = {shlex.quote(target)} ]', warn=True).ok is False:
         run(
             conn,
