@@ -33,6 +33,7 @@ lab-down: deps
 demo: lab-up
 	$(UV) run lifeboat lab status
 	$(UV) run lifeboat up --spec examples/article.yaml
+	$(UV) run lifeboat backup --spec examples/article.yaml
 	$(UV) run lifeboat status --spec examples/article.yaml
 
 test-unit: deps
