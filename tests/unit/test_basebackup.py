@@ -1,0 +1,134 @@
+"""basebackup.py (templates/wal/) as on a droplet: Debian's python3 as postgres, a real
+PostgreSQL 15 on a unix socket, a real S3 server (moto). Needs on the host: postgresql-15,
+python3-boto3, python3-zstandard."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tasks import catalog
+from tasks.render import TEMPLATES
+from tests.unit import test_wal_agent as wal_tests
+from tests.unit.test_wal_agent import BUCKET, PYTHON, Moto, free_port, write_config
+
+# The WAL agent tests' S3 server and Debian-python check, shared by name.
+moto = wal_tests.moto
+debian_python = wal_tests.debian_python
+
+BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def as_postgres(*cmd: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd], user="postgres", group="postgres", extra_groups=[],
+        capture_output=True, text=True, timeout=300, **kwargs,
+    )  # fmt: skip
+
+
+@dataclass
+class Server:
+    base: Path
+    port: int
+    conf: Path
+
+    def sql(self, query: str) -> str:
+        res = as_postgres(BIN / "psql", "-XAtq", "-h", self.base, "-p", self.port, "-c", query)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
+
+    def program(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return as_postgres(PYTHON, self.base / "basebackup.py", "--config", self.conf, *args)
+
+
+@pytest.fixture(scope="module")
+def server(moto: Moto) -> Iterator[Server]:
+    """PostgreSQL 15 with ~60 MB of data; the programs copied beside each other as on a
+    droplet; the WAL agent's config (0600 postgres) pointing at moto."""
+    if not (BIN / "initdb").exists():
+        pytest.fail("PostgreSQL is not installed: apt-get install -y postgresql-15")
+    base = Path(tempfile.mkdtemp(prefix="lifeboat-basebackup-"))
+    data, port = base / "data", free_port()
+    for name in ("basebackup.py", "wal_agent.py"):
+        shutil.copy(TEMPLATES / "wal" / name, base / name)
+    write_config(base / "wal.conf", moto.endpoint, base / "unused.sock")
+    shutil.chown(base, "postgres", "postgres")
+    shutil.chown(base / "wal.conf", "postgres", "postgres")
+    as_postgres(BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres", check=True)
+    with (data / "postgresql.conf").open("a") as f:
+        f.write(f"listen_addresses = ''\nunix_socket_directories = '{base}'\nport = {port}\n")
+    as_postgres(BIN / "pg_ctl", "-D", data, "-l", base / "pg.log", "-w", "start", check=True)
+    srv = Server(base, port, base / "wal.conf")
+    try:
+        srv.sql("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 800000) g")
+        yield srv
+    finally:
+        as_postgres(BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def taken(server: Server) -> dict:
+    res = server.program("take", "--id", "20261126T000000Z", "--host", str(server.base),
+                         "--port", str(server.port))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_take_streams_one_object_and_reports_what_the_manifest_needs(
+    server: Server, taken: dict, moto: Moto
+) -> None:
+    system_id = server.sql("SELECT system_identifier FROM pg_control_system()")
+    assert taken["system_identifier"] == system_id
+    assert taken["pg_version_num"] >= 150000 and taken["source_in_recovery"] is False
+    assert catalog.lsn(taken["stop_lsn"]) >= catalog.lsn(taken["start_lsn"]) > 0
+    (obj,) = taken["objects"]
+    assert obj["key"] == f"test-stack/test-pg/{system_id}/backups/20261126T000000Z/base.tar.zst"
+    body = moto.client.get_object(Bucket=BUCKET, Key=obj["key"])["Body"].read()
+    assert len(body) == obj["bytes"] and hashlib.sha256(body).hexdigest() == obj["sha256"]
+    assert obj["raw_bytes"] > 50e6 > obj["bytes"]  # the database, compressed
+    uploads = moto.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    assert uploads == []
+
+
+def test_restore_extracts_a_verifiable_data_directory(server: Server, taken: dict) -> None:
+    (obj,) = taken["objects"]
+    target = server.base / "restored"
+    res = server.program("restore", "--key", obj["key"], "--sha256", obj["sha256"],
+                         "--pgdata", str(target))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["bytes"] == obj["bytes"]
+    # pg_basebackup's own manifest checks every file's checksum (-n: WAL comes later).
+    verify = as_postgres(BIN / "pg_verifybackup", "-n", target)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert (target / "backup_label").exists()
+    # Never into a directory that holds something.
+    again = server.program("restore", "--key", obj["key"], "--sha256", obj["sha256"],
+                           "--pgdata", str(target))  # fmt: skip
+    assert again.returncode == 1 and "not empty" in again.stderr
+
+
+def test_restore_refuses_an_object_whose_checksum_differs(server: Server, taken: dict) -> None:
+    (obj,) = taken["objects"]
+    res = server.program("restore", "--key", obj["key"], "--sha256", "0" * 64,
+                         "--pgdata", str(server.base / "bad"))  # fmt: skip
+    assert res.returncode == 1
+    assert "differs from the manifest" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_failed_pg_basebackup_leaves_no_upload_behind(server: Server, moto: Moto) -> None:
+    res = server.program("take", "--id", "broken", "--host", str(server.base),
+                         "--port", str(free_port()))  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "psql failed" in res.stderr or "pg_basebackup failed" in res.stderr
+    keys = [o["Key"] for o in moto.client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert not [k for k in keys if "/broken/" in k]
+    assert moto.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
