@@ -20,7 +20,7 @@ from flows.backup import BackupRefused, backup, backup_health
 from flows.status import stack_status
 from lab import faults
 from tasks import backup as bk
-from tasks import catalog, wal
+from tasks import catalog, restore, wal
 from tasks.hosts import run
 from tasks.spaces import s3_client
 from tests.e2e.conftest import EXAMPLES, cluster_members, leader, stack, wait_for
@@ -254,3 +254,34 @@ def test_retention_deletes_exactly_what_it_should(stacks, lab_blocks):
     last = _current_segment(spec, lab_blocks)
     for entry in kept:
         assert bk.wal_gaps(s3, spec.bucket, spec.name, entry.manifest, last)[1] == []
+
+
+def test_the_newest_backup_restores_with_the_latest_archived_writes(stacks, lab_blocks):
+    """An untested backup is not a backup: the newest one, restored beside a replica's
+    server and replayed to the end of the archive, accepts writes and holds a row written
+    on the primary after the backup (and archived since)."""
+    spec, _ = stack(stacks, "compact")
+    marker = f"marker-{time.time_ns()}"
+    _on_leader(spec, lab_blocks, f"{PSQL} -c 'CREATE TABLE IF NOT EXISTS restore_marker (k text)'"
+               f" -c \"INSERT INTO restore_marker VALUES ('{marker}')\"")  # fmt: skip
+    _current_segment(spec, lab_blocks)  # the segment holding the marker is archived
+    newest = bk.read_catalog(_s3(lab_blocks), spec.bucket, spec.name)[0][-1].manifest
+    (obj,) = newest["objects"]
+    hosts, remote = rm.load(spec, lab_blocks)
+    source = next(
+        h for h in hosts if h.name == bk.choose_source(cluster_members(spec, lab_blocks))[0]
+    )
+    scratch = restore.Scratch("e2e", 5499)
+    with remote.connect(source) as conn:
+        restore.cleanup(conn, scratch)
+        try:
+            timings = restore.restore(conn, scratch, obj["key"], obj["sha256"], timeout=600)
+            rows = run(
+                conn,
+                f"runuser -u postgres -- psql -XAtq -h {scratch.socket_dir} -p {scratch.port} "
+                "-c 'SELECT k FROM restore_marker'",
+            ).stdout.split()
+        finally:
+            restore.cleanup(conn, scratch)
+    assert marker in rows
+    assert timings.bytes == obj["bytes"]
