@@ -97,6 +97,18 @@ def backup_health_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None
     typer.echo(json.dumps(backup_health(stack, credentials), indent=2, default=str))
 
 
+@app.command("serve")
+def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
+    """Serve the stack's scheduled runbooks (nightly backup, health checks) until stopped."""
+    stack = _load_spec(spec)
+    _lab_blocks(credentials)
+    from prefect import serve
+
+    from flows.serve import deployments
+
+    serve(*deployments(stack, credentials))
+
+
 @app.command("provision")
 def provision_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Only the cloud resources: droplets, VPC, firewalls, load balancer, bucket."""
