@@ -616,7 +616,8 @@ def wait_lb_routes_to(lb: dict, name: str, timeout: float = 90) -> str:
             return said
         if time.monotonic() > deadline:
             raise WordPressError(
-                f"the load balancer did not route to {name} within {timeout:.0f}s; "
-                f"last answer {said}"
+                f"the load balancer did not route to {name} within {timeout:.0f}s although "
+                "its own health endpoint passed: the load balancer cannot reach it on port 80 "
+                f"(web firewall, routing) or keeps it marked down; last answer {said}"
             )
         time.sleep(0.5)

@@ -40,15 +40,14 @@ def health(lb: dict) -> tuple[bool, dict]:
     return healthy, data
 
 
-def started_at(remote: rm.Remote, host: Host) -> dict[str, str]:
-    """When each web service last (re)started: a restart or reload changes these."""
+def started_at(remote: rm.Remote, host: Host) -> str:
+    """Each web service's main PID and when it last became active (a restart changes
+    them), and nginx's worker PIDs (a reload replaces them; php-fpm's dynamic pool forks
+    workers on its own, so its workers say nothing)."""
+    show = "systemctl show -p MainPID -p ActiveEnterTimestampMonotonic " + " ".join(UNITS)
+    workers = "ps -o pid= --ppid $(systemctl show -p MainPID --value nginx) | sort"
     with remote.connect(host) as conn:
-        out = run(
-            conn,
-            "systemctl show -p ActiveEnterTimestampMonotonic -p ExecMainPID -p "
-            f"ExecReloadStartTimestampMonotonic {' '.join(UNITS)}",
-        ).stdout
-    return {"out": out}
+        return run(conn, f"{show}; {workers}").stdout
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
