@@ -6,12 +6,14 @@ Region and size can only be checked against the live catalog: see `check_catalog
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from cronsim import CronSim, CronSimError
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -301,15 +303,30 @@ class WordPressSpec(_Section):
 
 
 class BackupSpec(_Section):
-    """Filled in by the backup issue."""
+    """Base backups and WAL archiving to Spaces (flows/backup.py)."""
 
     # Spaces bucket names are global across DigitalOcean: default `lifeboat-<stack>`.
     bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+    # Cron, in UTC: when `lifeboat serve` takes the base backup; the health check allows
+    # one period plus an hour between backups.
     schedule: str = "0 3 * * *"
+    # Keep the newest N backups, and enough to restore to any point of the last D days.
     retention_count: int = Field(default=7, ge=1)
     retention_days: int = Field(default=14, ge=1)
     # Bounds the age of the newest archived WAL, i.e. the RPO without streaming.
     archive_timeout: int = Field(default=60, ge=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            CronSim(value, datetime.datetime(2026, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(
+                f"backup.schedule {value!r} is not a cron expression ({exc}): use five "
+                'fields, minute hour day month weekday, e.g. "0 3 * * *" for 03:00 UTC daily'
+            ) from None
+        return value
 
 
 class PlannedNode(BaseModel):

@@ -237,3 +237,13 @@ def test_unknown_region_and_size() -> None:
         s.check_catalog(LAB_REGIONS, LAB_SIZES)
     assert "region 'sfo9' is not offered: choose one of ams3, fra1, nyc3" in str(err.value)
     assert "group 'db': size 'huge' is not offered" in str(err.value)
+
+
+@pytest.mark.parametrize("schedule", ["daily", "0 3 * *", "61 3 * * *"])
+def test_backup_schedule_must_be_cron(schedule: str) -> None:
+    rejected("backup.schedule .* is not a cron expression.*e.g. \"0 3 \\* \\* \\*\"",
+             backup={"schedule": schedule})  # fmt: skip
+
+
+def test_backup_retention_must_keep_something() -> None:
+    rejected("greater than or equal to 1", backup={"retention_count": 0})
