@@ -53,3 +53,4 @@ test: deps
 bench: lab-up
 	$(UV) run python -m lab.bench
 	$(UV) run python -m lab.bench_up
+	$(UV) run python -m lab.bench_backup
