@@ -84,11 +84,16 @@ def roll_one(
             )
             if in_lb:
                 wp.lb_remove(do, lb["id"], host.droplet_id)
-            done = wp.deploy(conn, spec, files, target, fetch=not wp.offline(credentials))
-        else:
-            done = []
-        # A failed gate leaves the droplet out of the load balancer (raises).
-        wp.wait_local_health(conn, spec, host.name)
+        try:
+            fetch = not wp.offline(credentials)
+            done = wp.deploy(conn, spec, files, target, fetch) if drift else []
+            wp.wait_local_health(conn, spec, host.name)
+        except wp.WordPressError as exc:
+            # The droplet stays out of the load balancer; the ones before it serve.
+            raise wp.WordPressError(
+                f"rollout stopped at {host.name}, left out of the load balancer: {exc}"
+            ) from None
+
     wp.lb_add(do, lb["id"], host.droplet_id)
     wp.wait_lb_routes_to(lb, host.name)
     what = "; ".join(done) if done else "put back in the load balancer"

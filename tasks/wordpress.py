@@ -27,6 +27,7 @@ from email.message import Message
 
 import pydo
 from fabric import Connection
+from invoke.runners import Result
 
 from blocks.stack import StackSpec
 from tasks import droplets
@@ -303,9 +304,7 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
             conn, f"{FETCH} {q(pin.url)} {q(pin.sha256 or '')} {q(dest)}", warn=True, timeout=900
         )
         if not res.ok:
-            raise WordPressError(
-                f"{conn.host}: fetching {pin.url} failed: {res.stderr.strip().splitlines()[-1:]}"
-            )
+            raise WordPressError(f"fetching {pin.url} failed: {last_line(res)}")
     # PG4WP's drop-in: wp-content/pg4wp plus wp-content/db.php (loaded by WordPress core).
     run(
         conn,
@@ -349,10 +348,16 @@ def deploy(
     if site_changed:
         check = run(conn, "nginx -t -q", warn=True, timeout=60)
         if not check.ok:
-            raise WordPressError(f"{conn.host}: nginx -t rejected the site: {check.stderr.strip()}")
+            raise WordPressError(f"nginx -t rejected the site: {check.stderr.strip()}")
     for service in SERVICES:
         done += _service(conn, service, reload=service == "nginx" and site_changed)
     return done
+
+
+def last_line(res: Result) -> str:
+    """The last line a failed command printed (stderr first): its reason, short."""
+    lines = (res.stderr or res.stdout or "").strip().splitlines()
+    return lines[-1] if lines else f"exit status {res.exited}, no output"
 
 
 def _service(conn: Connection, service: str, reload: bool) -> list[str]:
@@ -367,10 +372,7 @@ def _service(conn: Connection, service: str, reload: bool) -> list[str]:
         cmd += f"{' && ' if cmd else ''}systemctl reload {service}"
     res = run(conn, cmd, warn=True, timeout=90)
     if not res.ok:
-        raise WordPressError(
-            f"{conn.host}: {service} could not be started: "
-            f"{(res.stderr or res.stdout).strip().splitlines()[-1:] or 'no output'}"
-        )
+        raise WordPressError(f"{service} could not be started: {last_line(res)}")
     return [("started " if not active else "reloaded ") + service]
 
 
@@ -454,8 +456,7 @@ def _psql(
     )
     if not res.ok:
         raise WordPressError(
-            f"psql as {user} to {db} through {conn.host}:{port} failed: "
-            f"{res.stderr.strip().splitlines()[-1:]}"
+            f"psql as {user} to {db} through {conn.host}:{port} failed: {last_line(res)}"
         )
     return res.stdout.strip()
 
