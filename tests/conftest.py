@@ -44,5 +44,6 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         mp.setenv("PREFECT_HOME", str(home))
         updates = {PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_HOME: str(home)}
-        with temporary_settings(updates=updates), prefect_test_harness():
+        # A loaded 2-core machine can take longer than the default 30 s to start it.
+        with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=180):
             yield
