@@ -195,7 +195,9 @@ def test_health_recovers_after_switchover_without_touching_web(
     before = {h.name: started_at(remote, h) for h in web}
     members = cluster_members(spec, lab_blocks)
     old = leader(members)
-    candidate = sorted(m.name for m in members if not m.is_leader)[0]
+    # With synchronous replication Patroni switches over only to the synchronous standby.
+    replicas = sorted(members, key=lambda m: (m.role != "sync_standby", m.name))
+    candidate = next(m.name for m in replicas if not m.is_leader)
     samples: list[tuple[float, bool]] = []
     stop = threading.Event()
 
