@@ -55,6 +55,7 @@ def test_health_through_load_balancer(stacks: dict, name: str, do: pydo.Client) 
     spec, report = stack(stacks, name)
     web = report["wordpress"]
     assert web["steps"]["verified"].startswith("HTTP 200")
+    print(f"{name}: wordpress rollout from nothing, seconds per step: {web['timings']}")
     lb = wp.load_balancer(do, spec)
     seen = set()
     for _ in range(12):
