@@ -96,7 +96,7 @@ class Settings:
     secret_key: str = dataclasses.field(repr=False)
     ca_bundle: str = ""  # "" = the system's CAs
     socket: str = "/run/lifeboat/wal.sock"
-    zstd_level: int = 3
+    zstd_level: int = 1  # on WAL as small as 3, a third of the CPU (~22 vs 66 ms/segment)
     connect_timeout: float = 3
     read_timeout: float = 30
     max_attempts: int = 3  # per S3 call, first try included
