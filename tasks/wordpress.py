@@ -488,6 +488,9 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
     def q(sql: str, db: str = "postgres") -> str:
         return _psql(conn, port, su, db, PGPASS, sql)
 
+    def as_role(sql: str) -> str:
+        return _psql(conn, port, role, dbname, WP_PGPASS, sql)
+
     done = []
     put(conn, WP_PGPASS, f"127.0.0.1:{port}:{dbname}:{role}:{password}\n", "0600", "root:root")
     attrs = q(
@@ -521,25 +524,10 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
         done.append(f"set {role}'s password from the Secret block")
         if not _can_login(conn, spec):
             raise WordPressError(f"{role} cannot log in to {dbname} through HAProxy after setup")
-    if (
-        _psql(
-            conn,
-            port,
-            role,
-            dbname,
-            WP_PGPASS,
-            f"SELECT to_regclass('public.{HEALTH_TABLE}') IS NULL",
-        )
-        == "t"
-    ):
-        _psql(
-            conn,
-            port,
-            role,
-            dbname,
-            WP_PGPASS,
+    if as_role(f"SELECT to_regclass('public.{HEALTH_TABLE}') IS NULL") == "t":
+        as_role(
             f"CREATE TABLE IF NOT EXISTS public.{HEALTH_TABLE} (host text PRIMARY KEY, "
-            "token text NOT NULL, written_at timestamptz NOT NULL)",
+            "token text NOT NULL, written_at timestamptz NOT NULL)"
         )
         done.append(f"created table {HEALTH_TABLE}")
     return done
