@@ -41,3 +41,7 @@ class Cloud(Protocol):
 
     def remove_load_balancer(self, lb: dict) -> None:
         """Stop that load balancer's HAProxy and release its address. Idempotent."""
+
+    def remove_vpc(self, vpc: dict) -> None:
+        """Remove the VPC's bridge (a deleted VPC's range may be reused: a stale bridge
+        holding the same gateway address would take its routes). Idempotent."""

@@ -73,3 +73,6 @@ class MachineCloud:
 
     def remove_load_balancer(self, lb: dict) -> None:
         loadbalancers.remove(lb)
+
+    def remove_vpc(self, vpc: dict) -> None:
+        network.delete_vpc_bridge(vpc["id"])

@@ -65,6 +65,13 @@ def ensure_vpc_bridge(vpc: dict) -> str:
     return name
 
 
+def delete_vpc_bridge(vpc_id: str) -> None:
+    name = vpc_bridge_name(vpc_id)
+    with _bridges:
+        if link_exists(name):
+            run("ip", "link", "del", name)
+
+
 def netns_name(droplet_id: int) -> str:
     return f"{NETNS_PREFIX}{droplet_id}"
 

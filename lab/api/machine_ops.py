@@ -296,6 +296,10 @@ class MachineOps:
             if (record := s.load_balancers.get(lb_id)) is not None:
                 record["status"] = status
 
+    def remove_vpc(self, vpc: dict[str, Any]) -> None:
+        """Its bridge goes now: a new VPC may reuse the range at once."""
+        self.cloud.remove_vpc(copy.deepcopy(vpc))
+
     def remove_load_balancer(self, lb: dict[str, Any]) -> None:
         """`lb` is already out of `load_balancers` and parked in `destroying_load_balancers`."""
         self.runner.submit(lb_key(lb["id"]), lambda: self._remove_lb(lb))

@@ -148,6 +148,7 @@ def delete_vpc(vpc_id: str, lab: LabDep) -> Response:
         if vpc_members(s, vpc_id):
             raise ApiError(403, "Cannot delete a VPC with members.")
         del s.vpcs[vpc_id]
+    lab.ops.remove_vpc(vpc)
     return Response(status_code=204)
 
 

@@ -65,6 +65,9 @@ class RecordingCloud:
     def remove_load_balancer(self, lb: dict) -> None:
         self._record("remove_load_balancer", lb)
 
+    def remove_vpc(self, vpc: dict) -> None:
+        self._record("remove_vpc", vpc)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -354,6 +354,8 @@ def test_vpc_rules(lab: Lab) -> None:
     lab.client.droplets.destroy(droplet["id"])
     lab.client.vpcs.delete(vpc["id"])
     assert lab.error_of(lambda: lab.client.vpcs.get(vpc["id"]))[0] == 404
+    # Its bridge goes with it: the range may be reused at once.
+    assert [args[0]["id"] for args in lab.cloud.named("remove_vpc")] == [vpc["id"]]
 
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMdmI5ZC1d3tEtD3NjbQ0V6eVtbqdvtU7x/oX5Z6ZXkA ops@lab"
