@@ -17,6 +17,10 @@ deps:
 	  echo "installing: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# nginx is here for `nginx -t` in the unit tests only: never a server on the host's :80,
+	@# where the lab's load balancers listen.
+	@if systemctl is-enabled --quiet nginx 2>/dev/null; then \
+	  systemctl disable --quiet nginx; systemctl stop nginx 2>/dev/null || true; fi
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 	@$(UV) sync -q --frozen
 
