@@ -12,11 +12,16 @@ from prefect import flow, get_run_logger
 from blocks.credentials import SpacesCredentials
 from blocks.stack import StackSpec
 from flows import remote as rm
-from tasks import backup, etcd, haproxy, patroni
+from tasks import backup, etcd, haproxy, patroni, wordpress
 from tasks.hosts import Host, run
 from tasks.spaces import s3_client
 
-UNITS = {"etcd": "etcd", "postgres": "patroni", "haproxy": "haproxy"}
+UNITS = {
+    "etcd": ("etcd",),
+    "postgres": ("patroni",),
+    "haproxy": ("haproxy",),
+    "wordpress": wordpress.SERVICES,
+}
 
 
 def service_since(conn, units: list[str]) -> dict[str, str]:  # noqa: ANN001 - fabric
@@ -97,7 +102,7 @@ def stack_status(spec: StackSpec, credentials: str = "lab") -> dict:
         }
         try:
             with remote.connect(host) as conn:
-                units = [UNITS[r] for r in host.roles if r in UNITS]
+                units = [u for r in host.roles for u in UNITS.get(r, ())]
                 entry["services"] = service_since(conn, units)
                 if "postgres" in host.roles:
                     entry["postgres"] = patroni.member_info(conn, host.private_ip)
