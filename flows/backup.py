@@ -51,6 +51,12 @@ def _members(remote: Remote, hosts: list[Host]) -> list[patroni.Member]:
     raise bk.BackupError("no database droplet answered with Patroni's cluster view")
 
 
+def _leader_host(remote: Remote, hosts: list[Host]) -> Host:
+    """The droplet of the current Patroni leader."""
+    leader = next(m for m in _members(remote, hosts) if m.is_leader)
+    return next(h for h in hosts if h.name == leader.name)
+
+
 @check
 def pick_source(remote: Remote, hosts: list[Host]) -> tuple[str, str]:
     name, why = bk.choose_source(_members(remote, hosts))
@@ -68,9 +74,9 @@ def clear_leftovers(spec: StackSpec, credentials: str) -> list[str]:
 # No retry: a cut-off backup leaves nothing cataloged; the next run starts afresh.
 @check
 def take(remote: Remote, hosts: list[Host], source: Host) -> dict:
-    leader = next(m for m in _members(remote, hosts) if m.is_leader)
+    leader = _leader_host(remote, hosts)
     if leader.name != source.name:
-        with remote.connect(next(h for h in hosts if h.name == leader.name)) as conn:
+        with remote.connect(leader) as conn:
             bk.checkpoint(conn)
     with remote.connect(source) as conn:
         return bk.take(conn, bk.new_id())
@@ -92,9 +98,7 @@ def verify_wal(
 ) -> dict:
     """On the primary: close the current segment and wait for it to be archived; then
     every segment from the backup's start to it must be in the archive."""
-    leader = next(m for m in _members(remote, hosts) if m.is_leader)
-    host = next(h for h in hosts if h.name == leader.name)
-    with remote.connect(host) as conn:
+    with remote.connect(_leader_host(remote, hosts)) as conn:
         last = wal.verify_archiving(conn, timeout=300)
     s3 = s3_client(SpacesCredentials.load(credentials))
     needed, missing = bk.wal_gaps(s3, spec.bucket, spec.name, manifest, last)
@@ -194,8 +198,7 @@ def first_backup_needed(spec: StackSpec, credentials: str) -> bool:
     `up` takes one then, and only then, so a rerun of `up` adds none."""
     hosts, remote = rm.load(spec, credentials)
     try:
-        leader = next(m for m in _members(remote, hosts) if m.is_leader)
-        with remote.connect(next(h for h in hosts if h.name == leader.name)) as conn:
+        with remote.connect(_leader_host(remote, hosts)) as conn:
             system_id = bk.system_identifier(conn)
     finally:
         rm.save_pins(credentials, remote)
@@ -226,8 +229,8 @@ def backup_health(
     hosts, remote = rm.load(spec, credentials, complete=False)
     limit = max_archive_age or 3 * spec.backup.archive_timeout + 60
     problems = []
-    leader = next(m for m in _members(remote, hosts) if m.is_leader)
-    with remote.connect(next(h for h in hosts if h.name == leader.name)) as conn:
+    leader = _leader_host(remote, hosts)
+    with remote.connect(leader) as conn:
         arch = bk.archiver(conn)
     age = arch["last_archived_age_s"]
     if age is None or (age > limit and arch["ready"] > 0):

@@ -44,7 +44,7 @@ from flows.cluster import cluster
 from flows.provision import provision
 from lab import lifecycle
 from lab.credentials import save_blocks
-from tasks import droplets, patroni, restore, spaces
+from tasks import backup, droplets, patroni, restore, spaces
 from tasks.hosts import Host, put, run
 
 STACK = "kbench"
@@ -331,7 +331,7 @@ def lifeboat_backup_and_restore(conn: Connection, fig: Figures) -> None:
     backup_id = time.strftime("bench-%Y%m%dT%H%M%S")
     t0 = time.monotonic()
     res = run(conn, f"cd {WORK} && {AS_PG} python3 -c {shlex.quote(RSS_WRAPPER)} python3 "
-                    f"/usr/local/lib/lifeboat/basebackup.py take --id {backup_id}",
+                    f"{backup.PROGRAM} take --id {backup_id}",
               timeout=1800)  # fmt: skip
     fig.backup_s = time.monotonic() - t0
     fig.backup_rss_kb = _rss(res.stderr)

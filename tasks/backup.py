@@ -57,17 +57,21 @@ def choose_source(members: list[Member]) -> tuple[str, str]:
     return leader.name, "no healthy replica: backing up from the primary"
 
 
-def take(conn: Connection, backup_id: str, timeout: float = 6 * 3600) -> dict[str, Any]:
-    """Runs basebackup.py as postgres on the droplet; its JSON facts."""
-    res = run(
-        conn,
-        f"runuser -u postgres -- /usr/bin/python3 {PROGRAM} take --id {shlex.quote(backup_id)}",
-        warn=True,
-        timeout=timeout,
-    )
+def run_program(
+    conn: Connection, args: str, what: str, timeout: float, error: type[Exception] = BackupError
+) -> dict[str, Any]:
+    """basebackup.py as postgres on the droplet (`args` already quoted); its one-line JSON
+    answer, or `error` with the program's one-line reason."""
+    res = run(conn, f"runuser -u postgres -- /usr/bin/python3 {PROGRAM} {args}", warn=True,
+              timeout=timeout)  # fmt: skip
     if not res.ok:
-        raise BackupError(f"base backup on {conn.host} failed: {res.stderr.strip()[-500:]}")
+        raise error(f"{what} on {conn.host} failed: {res.stderr.strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def take(conn: Connection, backup_id: str, timeout: float = 6 * 3600) -> dict[str, Any]:
+    """A base backup of the droplet's server; its JSON facts."""
+    return run_program(conn, f"take --id {shlex.quote(backup_id)}", "base backup", timeout)
 
 
 def checkpoint(conn: Connection) -> None:
@@ -109,10 +113,13 @@ def _is_manifest(parts: list[str]) -> bool:
     return len(parts) == 5 and parts[2] == "backups" and parts[4] == MANIFEST
 
 
-def read_catalog(s3: Any, bucket: str, stack: str) -> tuple[list[Entry], list[str]]:
+def read_catalog(
+    s3: Any, bucket: str, stack: str, keys: dict[str, int] | None = None
+) -> tuple[list[Entry], list[str]]:
     """(cataloged backups oldest first, problems). A manifest whose objects are not all
-    stored at their recorded sizes is a problem, not a backup."""
-    keys = list_keys(s3, bucket, f"{stack}/")
+    stored at their recorded sizes is a problem, not a backup. `keys`: a listing of the
+    stack's prefix the caller already has."""
+    keys = list_keys(s3, bucket, f"{stack}/") if keys is None else keys
     entries, problems = [], []
     manifests = [k for k in keys if _is_manifest(k.split("/"))]
     for key in sorted(manifests):
@@ -235,14 +242,15 @@ def apply_retention(
 ) -> dict[str, Any]:
     """Deletes expired backups (manifest first, so the catalog never lists a backup whose
     objects are going) and the WAL no kept backup needs."""
-    entries, _ = read_catalog(s3, bucket, stack)
+    keys = list_keys(s3, bucket, f"{stack}/")  # one listing for backups and WAL
+    entries, _ = read_catalog(s3, bucket, stack, keys)
     backups = [e.backup for e in entries]
     kept, expired = catalog.retention(backups, now or time.time(), keep_count, keep_days)
     for backup in expired:
         manifest = [k for k in backup.keys if k.endswith(MANIFEST)]
         delete_keys(s3, bucket, manifest)
         delete_keys(s3, bucket, [k for k in backup.keys if k not in manifest])
-    wal = wal_names(list_keys(s3, bucket, f"{stack}/"), stack)
+    wal = wal_names(keys, stack)  # deleting backups removed no WAL keys
     doomed = catalog.expired_wal(wal, kept, {b.system_id for b in backups})
     deleted_wal = 0
     for system_id, names in doomed.items():

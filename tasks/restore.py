@@ -16,7 +16,6 @@ by the WAL agent, both with the droplet's own 0600 config.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import time
@@ -24,10 +23,10 @@ from dataclasses import dataclass
 
 from fabric import Connection
 
+from tasks.backup import run_program
 from tasks.hosts import run
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
-BASEBACKUP = "/usr/local/lib/lifeboat/basebackup.py"
 WAL_RESTORE = "/usr/local/lib/lifeboat/wal-restore %f %p"
 ROOT = "/var/lib/postgresql/lifeboat-restore"
 AS_POSTGRES = "runuser -u postgres --"
@@ -143,16 +142,11 @@ def prepare(conn: Connection, s: Scratch) -> None:
 def fetch(conn: Connection, s: Scratch, key: str, sha256: str, timeout: int = 1800) -> dict:
     """Lifeboat's base backup object into the scratch data directory (basebackup.py
     restore: streamed, checked against the manifest's SHA-256, every file fsynced)."""
-    res = run(
-        conn,
-        f"{AS_POSTGRES} python3 {BASEBACKUP} restore --key {shlex.quote(key)} "
-        f"--sha256 {shlex.quote(sha256)} --pgdata {shlex.quote(s.data)}",
-        warn=True,
-        timeout=timeout,
+    args = (
+        f"restore --key {shlex.quote(key)} --sha256 {shlex.quote(sha256)} "
+        f"--pgdata {shlex.quote(s.data)}"
     )
-    if not res.ok:
-        raise RestoreError(f"base backup restore on {conn.host} failed: {res.stderr.strip()}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_program(conn, args, "base backup restore", timeout, RestoreError)
 
 
 def start(conn: Connection, s: Scratch, restore_command: str | None = WAL_RESTORE) -> None:
