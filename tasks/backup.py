@@ -14,8 +14,8 @@ import zstandard
 from botocore.exceptions import ClientError
 from fabric import Connection
 
-from tasks import catalog
-from tasks.catalog import MANIFEST, Backup
+from tasks import catalog, layout
+from tasks.catalog import Backup
 from tasks.hosts import run
 from tasks.patroni import Member
 from tasks.render import DESTINATIONS
@@ -87,14 +87,6 @@ def system_identifier(conn: Connection) -> str:
     ).stdout.strip()
 
 
-def backups_prefix(stack: str, system_id: str) -> str:
-    return f"{stack}/{system_id}/backups/"
-
-
-def manifest_key(stack: str, system_id: str, backup_id: str) -> str:
-    return f"{backups_prefix(stack, system_id)}{backup_id}/{MANIFEST}"
-
-
 def list_keys(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
     """key -> size of every object under prefix."""
     out: dict[str, int] = {}
@@ -109,20 +101,15 @@ class Entry:
     manifest: dict[str, Any]
 
 
-def _is_manifest(parts: list[str]) -> bool:
-    return len(parts) == 5 and parts[2] == "backups" and parts[4] == MANIFEST
-
-
 def read_catalog(
     s3: Any, bucket: str, stack: str, keys: dict[str, int] | None = None
 ) -> tuple[list[Entry], list[str]]:
     """(cataloged backups oldest first, problems). A manifest whose objects are not all
     stored at their recorded sizes is a problem, not a backup. `keys`: a listing of the
     stack's prefix the caller already has."""
-    keys = list_keys(s3, bucket, f"{stack}/") if keys is None else keys
+    keys = list_keys(s3, bucket, layout.stack_prefix(stack)) if keys is None else keys
     entries, problems = [], []
-    manifests = [k for k in keys if _is_manifest(k.split("/"))]
-    for key in sorted(manifests):
+    for key in catalog.manifests(keys, stack):
         manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         absent = [o["key"] for o in manifest["objects"] if keys.get(o["key"]) != o["bytes"]]
         if absent:
@@ -157,7 +144,7 @@ def write_manifest(s3: Any, bucket: str, stack: str, facts: dict[str, Any], **ex
         "raw_bytes": sum(o["raw_bytes"] for o in facts["objects"]),
         **extra,
     }
-    key = manifest_key(stack, facts["system_identifier"], facts["id"])
+    key = layout.manifest_key(stack, facts["system_identifier"], facts["id"])
     s3.put_object(
         Bucket=bucket, Key=key, Body=json.dumps(manifest, indent=1).encode(),
         ContentType="application/json",
@@ -171,36 +158,31 @@ def clear_leftovers(s3: Any, bucket: str, stack: str) -> list[str]:
     of a backup whose manifest was never written. Called at the start of a backup, when
     the stack's concurrency limit guarantees that no other backup is running."""
     removed = []
-    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=f"{stack}/")
+    pages = s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, Prefix=layout.stack_prefix(stack)
+    )
     for page in pages:
         for upload in page.get("Uploads", []):
-            if "/backups/" in upload["Key"]:
+            if layout.backup_area(stack, upload["Key"]):
                 s3.abort_multipart_upload(
                     Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                 )
                 removed.append(upload["Key"])
-    keys = [k for k in list_keys(s3, bucket, f"{stack}/") if k.split("/")[2:3] == ["backups"]]
-    with_manifest = {k.rsplit("/", 1)[0] for k in keys if _is_manifest(k.split("/"))}
-    orphans = [k for k in keys if k.rsplit("/", 1)[0] not in with_manifest]
+    orphans = catalog.orphans(list_keys(s3, bucket, layout.stack_prefix(stack)), stack)
     delete_keys(s3, bucket, orphans)
     return removed + orphans
 
 
 def wal_names(keys: dict[str, int], stack: str) -> dict[str, list[str]]:
     """system id -> archived WAL file names, from a listing of the stack's prefix."""
-    out: dict[str, list[str]] = {}
-    for key in keys:
-        parts = key.split("/")
-        if len(parts) == 4 and parts[0] == stack and parts[2] == "wal" and key.endswith(".zst"):
-            out.setdefault(parts[1], []).append(parts[3].removesuffix(".zst"))
-    return out
+    return catalog.wal_names(keys, stack)
 
 
 def history(s3: Any, bucket: str, stack: str, system_id: str, timeline: int) -> str:
     """Timeline `timeline`'s history file from the archive ('' for timeline 1)."""
     if timeline == 1:
         return ""
-    key = f"{stack}/{system_id}/wal/{timeline:08X}.history.zst"
+    key = layout.wal_key(stack, system_id, catalog.history_name(timeline))
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
@@ -221,9 +203,8 @@ def wal_gaps(
     needed = catalog.needed_segments(
         catalog.lsn(manifest["start_lsn"]), last * size, timeline, catalog.parse_history(text), size
     )
-    archived = set(wal_names(list_keys(s3, bucket, f"{stack}/{system_id}/wal/"), stack).get(
-        system_id, []
-    ))  # fmt: skip
+    listing = list_keys(s3, bucket, layout.wal_prefix(stack, system_id))
+    archived = set(wal_names(listing, stack).get(system_id, []))
     return needed, catalog.missing(needed, archived)
 
 
@@ -242,19 +223,19 @@ def apply_retention(
 ) -> dict[str, Any]:
     """Deletes expired backups (manifest first, so the catalog never lists a backup whose
     objects are going) and the WAL no kept backup needs."""
-    keys = list_keys(s3, bucket, f"{stack}/")  # one listing for backups and WAL
+    keys = list_keys(s3, bucket, layout.stack_prefix(stack))  # one listing for backups and WAL
     entries, _ = read_catalog(s3, bucket, stack, keys)
     backups = [e.backup for e in entries]
     kept, expired = catalog.retention(backups, now or time.time(), keep_count, keep_days)
     for backup in expired:
-        manifest = [k for k in backup.keys if k.endswith(MANIFEST)]
+        manifest = [k for k in backup.keys if layout.is_manifest(stack, k)]
         delete_keys(s3, bucket, manifest)
         delete_keys(s3, bucket, [k for k in backup.keys if k not in manifest])
     wal = wal_names(keys, stack)  # deleting backups removed no WAL keys
     doomed = catalog.expired_wal(wal, kept, {b.system_id for b in backups})
     deleted_wal = 0
     for system_id, names in doomed.items():
-        keys = [f"{stack}/{system_id}/wal/{name}.zst" for name in names]
+        keys = [layout.wal_key(stack, system_id, name) for name in names]
         deleted_wal += delete_keys(s3, bucket, keys)
     return {
         "kept": [b.id for b in kept],

@@ -1,10 +1,7 @@
 """The backup catalog in Spaces, as pure logic: WAL segment names, the WAL a backup needs,
-gaps in the archive, and what retention keeps. The layout (one prefix per stack, then per
-PostgreSQL system identifier, since a re-bootstrapped cluster reuses segment names):
-
-  <stack>/<system id>/wal/<segment|history|backup file>.zst        (the WAL agent)
-  <stack>/<system id>/backups/<backup id>/base.tar.zst              (basebackup.py)
-  <stack>/<system id>/backups/<backup id>/manifest.json             (written last)
+gaps in the archive, and what retention keeps. Where the objects live (one prefix per
+stack, then per PostgreSQL system identifier) is `tasks.layout`'s to say: the same file
+the droplet programs write by (templates/wal/spaces_layout.py).
 
 A backup is in the catalog only when its manifest is stored and every object the manifest
 lists is stored with the size it records."""
@@ -15,9 +12,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from tasks import layout
+
 SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial|\.[0-9A-F]{8}\.backup)?$")
 HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
-MANIFEST = "manifest.json"
+MANIFEST = layout.MANIFEST
 DAY = 86400
 
 
@@ -30,6 +29,11 @@ def lsn(text: str) -> int:
 def segment_name(timeline: int, segno: int, segment_size: int) -> str:
     per_id = 0x1_0000_0000 // segment_size
     return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def history_name(timeline: int) -> str:
+    """A timeline's history file, as PostgreSQL names it."""
+    return f"{timeline:08X}.history"
 
 
 def parse_segment(name: str, segment_size: int) -> tuple[int, int] | None:
@@ -82,6 +86,31 @@ def needed_segments(
 
 def missing(needed: Iterable[str], archived: set[str]) -> list[str]:
     return [name for name in needed if name not in archived]
+
+
+# --- a listing of the stack's objects (key -> size), read through the layout ------------
+
+
+def wal_names(keys: Iterable[str], stack: str) -> dict[str, list[str]]:
+    """system id -> archived WAL file names."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        found = layout.parse_wal(stack, key)
+        if found is not None:
+            out.setdefault(found[0], []).append(found[1])
+    return out
+
+
+def manifests(keys: Iterable[str], stack: str) -> list[str]:
+    """Every backup manifest's key, sorted."""
+    return sorted(k for k in keys if layout.is_manifest(stack, k))
+
+
+def orphans(keys: Iterable[str], stack: str) -> list[str]:
+    """Objects in backups/ that belong to no manifest's backup: what a cut-off run left."""
+    area = [k for k in keys if layout.backup_area(stack, k)]
+    with_manifest = {k.rsplit("/", 1)[0] for k in area if layout.is_manifest(stack, k)}
+    return [k for k in area if k.rsplit("/", 1)[0] not in with_manifest]
 
 
 @dataclass(frozen=True)

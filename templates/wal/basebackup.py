@@ -3,15 +3,15 @@
 
 Runs on a database droplet as postgres with Debian's python3, python3-boto3 and
 python3-zstandard only, with the WAL agent's config (/etc/lifeboat/wal.conf) and S3 client
-(wal_agent.py, beside this file).
+(wal_agent.py) and the object layout (spaces_layout.py), both beside this file.
 
   basebackup.py [--config FILE] take --id ID [--host DIR] [--port N] [--max-rate R]
       pg_basebackup (tar to stdout, no WAL: the archive has it) -> zstd -> one multipart
-      upload to <prefix>/<system id>/backups/<ID>/base.tar.zst. Nothing goes to disk;
-      memory is bounded by (in-flight parts + 1) x part size. Prints one JSON object: what
-      the manifest needs (LSNs and timeline from pg_basebackup's own backup_manifest,
-      sizes, SHA-256s). An upload cut off midway stays an incomplete multipart upload,
-      which no listing shows.
+      upload to <prefix>/<system id>/backups/<ID>/base.tar.zst (spaces_layout.py).
+      Nothing goes to disk; memory is bounded by (in-flight parts + 1) x part size.
+      Prints one JSON object: what the manifest needs (LSNs and timeline from
+      pg_basebackup's own backup_manifest, sizes, SHA-256s). An upload cut off midway
+      stays an incomplete multipart upload, which no listing shows.
   basebackup.py [--config FILE] restore --key KEY --sha256 HEX --pgdata DIR
       The object -> zstd -> tar, extracted into DIR (absent or empty), then one syncfs
       (so PostgreSQL's startup has nothing left to sync), the stored object's SHA-256
@@ -38,7 +38,8 @@ from typing import IO, Any
 import zstandard
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import wal_agent  # noqa: E402 - beside this file on the droplet
+import spaces_layout  # noqa: E402 - beside this file on the droplet
+import wal_agent  # noqa: E402
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 READ_SIZE = 1 << 20
@@ -213,8 +214,7 @@ def take(
     system_id, version, in_recovery, db_bytes, segment_size = facts
     # Parts big enough that the whole database fits in MAX_PARTS even uncompressed.
     part_size = max(MIN_PART, -(-int(db_bytes) // MAX_PARTS))
-    parts_of_key = (settings.prefix.strip("/"), system_id, "backups", backup_id, "base.tar.zst")
-    key = "/".join(p for p in parts_of_key if p)
+    key = spaces_layout.base_key(settings.prefix, system_id, backup_id)
     client = wal_agent.s3_client(settings)
     common = {"Bucket": settings.bucket, "Key": key}
     started = time.time()

@@ -21,10 +21,11 @@ marked ready in pg_wal/archive_status (read_ahead). It answers for such a file l
 only if the file was not written since (same inode, size, mtime and ctime); otherwise
 it hashes it and compares with the stored sha256 as for any other file.
 
-Objects: <prefix>/<system identifier>/wal/<name>.zst, one zstd frame, with metadata
-sha256 (hex, of the original bytes), size (original bytes) and compression=zstd. The
-system identifier comes from global/pg_control, so clusters that share a prefix (a
-re-bootstrap, a restore into a new cluster) never collide on segment names.
+Objects: <prefix>/<system identifier>/wal/<name>.zst (spaces_layout.py, beside this file,
+owns the layout), one zstd frame, with metadata sha256 (hex, of the original bytes), size
+(original bytes) and compression=zstd. The system identifier comes from global/pg_control,
+so clusters that share a prefix (a re-bootstrap, a restore into a new cluster) never
+collide on segment names.
 
 One-shot mode, one process per file (the benchmark's baseline; also handy by hand):
   agent.py [--config FILE] archive NAME PATH | restore NAME DEST
@@ -57,6 +58,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
+import spaces_layout  # beside this file (/usr/local/lib/lifeboat/ on a droplet)
 import zstandard
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -202,7 +204,7 @@ class Agent:
             request.headers["If-None-Match"] = "*"
 
     def key(self, system_id: str, name: str) -> str:
-        return "/".join(p for p in (self.s.prefix.strip("/"), system_id, "wal", f"{name}.zst") if p)
+        return spaces_layout.wal_key(self.s.prefix, system_id, name)
 
     def count(self, what: str, **fields: Any) -> None:
         with self.lock:
