@@ -20,9 +20,10 @@ from blocks.stack import StackSpec
 from flows.cluster import cluster
 from flows.provision import provision
 from flows.status import parse_show, stack_status
+from lifeboat.waiting import NotYet
 from tasks.droplets import destroy_stack, inventory
 from tasks.hosts import Host, run
-from tests.e2e.conftest import ssh
+from tests.e2e.conftest import ssh, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -216,8 +217,19 @@ def test_restart_parameter_reported_then_applied_replicas_first(stack, lab, lab_
     assert through_haproxy(lab, web, 5000, "SHOW max_connections") == "150"
     assert through_haproxy(lab, web, 5001, "SHOW max_connections") == "150"
 
-    # And the status report agrees.
-    status = stack_status(spec, lab_blocks)
+    # And the status report agrees, once HAProxy has seen the restarted primary rise
+    # again (its checks run every second) and Patroni's view has settled.
+    def settled() -> dict:
+        status = stack_status(spec, lab_blocks)
+        ups = [
+            [s for s, st in backends["primary"].items() if st == "UP"]
+            for backends in status["haproxy"].values()
+        ]
+        if not status["ok"] or any(up != [leader] for up in ups):
+            raise NotYet(f"ok={status['ok']} patroni={status['patroni'].get('problems')} UP={ups}")
+        return status
+
+    status = wait_for("status to report the restarted cluster healthy", settled, 90, every=2)
     assert status["ok"], status
     assert status["etcd"]["ok"] and len(status["etcd"]["members"]) == 3
     roles = sorted(m["role"] for m in status["patroni"]["members"])
