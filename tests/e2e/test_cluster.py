@@ -24,6 +24,7 @@ from lifeboat.waiting import NotYet
 from tasks.droplets import destroy_stack, inventory
 from tasks.hosts import Host, run
 from tests.e2e.conftest import ssh, wait_for
+from tests.e2e.secrets_scan import leaks, readable_texts
 
 pytestmark = pytest.mark.e2e
 
@@ -180,21 +181,6 @@ def test_reload_parameter_applied_without_restart(stack, lab, lab_blocks):
     assert after == before
 
 
-def everything_prefect_recorded() -> str:
-    """Every log line and artifact the Prefect server holds (paged), as one text."""
-    from prefect.client.orchestration import get_client
-
-    parts = []
-    with get_client(sync_client=True) as client:
-        offset = 0
-        while page := client.read_logs(limit=200, offset=offset):
-            parts += [log.message for log in page]
-            offset += len(page)
-        artifacts = client.read_artifacts()
-        parts += [f"{a.description} {json.dumps(a.data, default=str)}" for a in artifacts]
-    return "\n".join(parts)
-
-
 def test_restart_parameter_reported_then_applied_replicas_first(stack, lab, lab_blocks):
     spec = spec_with(stack["spec"], work_mem="8MB", max_connections=150)
     hosts = stack["hosts"]
@@ -240,8 +226,8 @@ def test_restart_parameter_reported_then_applied_replicas_first(stack, lab, lab_
 
 def test_no_secret_in_logs_artifacts_or_results(stack):
     """After every run above: no generated password in any log line or artifact."""
-    recorded = everything_prefect_recorded()
+    texts = readable_texts()
+    recorded = "\n".join(texts.values())
     assert "cluster runbook of stack" in recorded and "bootstrapped on" in recorded
     assert "streaming with zero lag" in recorded  # the markdown verification artifact
-    leaked = [n for n, pw in cluster_secrets(stack["spec"].name).items() if pw in recorded]
-    assert leaked == []
+    assert leaks(cluster_secrets(stack["spec"].name), texts) == []
