@@ -14,14 +14,13 @@ import zstandard
 from botocore.exceptions import ClientError
 from fabric import Connection
 
-from tasks import catalog, layout
+from tasks import catalog, layout, sql
 from tasks.catalog import Backup
 from tasks.hosts import run
 from tasks.patroni import Member
 from tasks.render import DESTINATIONS
 
 PROGRAM = DESTINATIONS["wal/basebackup.py"][0]
-PSQL = "runuser -u postgres -- psql -XAtq -h /var/run/postgresql -c"
 # A replica this far behind (bytes) is not a good source: its backup would start old.
 MAX_SOURCE_LAG = 16 << 20
 
@@ -78,13 +77,11 @@ def checkpoint(conn: Connection) -> None:
     """A checkpoint on the primary: a replica can only restart (and so start a backup)
     at a checkpoint it has replayed; without a fresh one its backup starts at the last
     timed checkpoint, up to checkpoint_timeout of WAL earlier."""
-    run(conn, f'{PSQL} "CHECKPOINT"', timeout=600)
+    sql.psql(conn, "CHECKPOINT", timeout=600)
 
 
 def system_identifier(conn: Connection) -> str:
-    return run(
-        conn, f'{PSQL} "SELECT system_identifier FROM pg_control_system()"', timeout=30
-    ).stdout.strip()
+    return sql.query(conn, "SELECT system_identifier FROM pg_control_system()")
 
 
 def list_keys(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
@@ -246,14 +243,14 @@ def apply_retention(
 
 def archiver(conn: Connection) -> dict[str, Any]:
     """pg_stat_archiver and the WAL waiting in archive_status on one database droplet."""
-    sql = (
+    row = sql.query(
+        conn,
         "SELECT archived_count, failed_count, coalesce(last_archived_wal, ''),"
         " coalesce(extract(epoch FROM now() - last_archived_time)::int, -1),"
         " coalesce(last_failed_wal, ''),"
         " coalesce(extract(epoch FROM now() - last_failed_time)::int, -1), pg_is_in_recovery(),"
-        " current_setting('data_directory') FROM pg_stat_archiver"
-    )
-    row = run(conn, f'{PSQL} "{sql}"', timeout=30).stdout.strip().split("|")
+        " current_setting('data_directory') FROM pg_stat_archiver",
+    ).split("|")
     ready = run(
         conn, f"ls {shlex.quote(row[7])}/pg_wal/archive_status | grep -c '\\.ready$'", warn=True,
         timeout=30,

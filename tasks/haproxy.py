@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shlex
 
 from fabric import Connection
 
@@ -18,6 +17,7 @@ from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
+from tasks.sql import psql, through_haproxy
 
 LIVE, OWNER, MODE = DESTINATIONS["haproxy/haproxy.cfg.j2"]
 STAGED = LIVE + ".lifeboat"
@@ -163,11 +163,8 @@ def place_pgpass(conn: Connection, spec: StackSpec, password: str) -> None:
 
 def query(conn: Connection, spec: StackSpec, port: int, sql: str) -> str:
     """One value through HAProxy on this droplet, as the superuser (password from PGPASS)."""
-    cmd = (
-        f"PGPASSFILE={PGPASS} PGCONNECT_TIMEOUT=5 psql -XAt -h 127.0.0.1 -p {port} "
-        f"-U {shlex.quote(spec.patroni.superuser)} -d postgres -c {shlex.quote(sql)}"
-    )
-    res = run(conn, cmd, warn=True, timeout=30)
+    target = through_haproxy(port, spec.patroni.superuser, "postgres", PGPASS)
+    res = psql(conn, sql, target, warn=True)
     if not res.ok:
         raise HAProxyError(
             f"psql through {conn.host}:{port} failed: {res.stderr.strip().splitlines()[-1:]}"

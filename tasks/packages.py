@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fabric import Connection
 
+from tasks import sql
 from tasks.hosts import run
 
 MANIFEST = Path(__file__).resolve().parent / "packages.txt"
@@ -86,12 +87,7 @@ def drop_default_cluster(conn: Connection) -> bool:
         "SELECT datname FROM pg_database "
         "WHERE datname NOT IN ('postgres', 'template0', 'template1')"
     )
-    user_dbs = run(
-        conn,
-        f"runuser -u postgres -- psql --cluster {version}/{name} -XAtc {shlex.quote(query)}",
-        warn=True,
-        timeout=30,
-    )
+    user_dbs = sql.psql(conn, query, sql.Target(cluster=f"{version}/{name}"), warn=True)
     if user_dbs.ok and user_dbs.stdout.strip():
         raise PackageError(
             f"{conn.host}: Debian's PostgreSQL cluster {version}/{name} holds databases "

@@ -20,7 +20,7 @@ from fabric import Connection
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import guc
+from tasks import guc, sql
 from tasks.etcd import ETCDCTL, endpoints
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
@@ -388,17 +388,12 @@ def parameter_states(conn: Connection, params: dict[str, Any], pending: bool) ->
     command line) or "waiting" (not reloaded yet)."""
     if not params:
         return {}
-    names = ",".join("'" + n.replace("'", "''") + "'" for n in params)
+    names = ",".join(sql.literal(n) for n in params)
     query = (
         "SELECT name, setting, coalesce(unit, ''), vartype, pending_restart "
         f"FROM pg_settings WHERE name IN ({names})"
     )
-    res = run(
-        conn,
-        f"runuser -u postgres -- psql -h /var/run/postgresql -XAt -F '|' -c {shlex.quote(query)}",
-        warn=True,
-        timeout=30,
-    )
+    res = sql.psql(conn, query, warn=True)
     rows = {}
     for line in res.stdout.splitlines():
         parts = line.split("|")

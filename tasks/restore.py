@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from fabric import Connection
 
+from tasks import sql
 from tasks.backup import run_program
 from tasks.hosts import run
 
@@ -169,10 +170,14 @@ def wait_writable(conn: Connection, s: Scratch, timeout: float = 900) -> float:
     PROBE_SQL commits; returns the seconds it took. Fails early, with the log's tail, when
     the server stops (a missing WAL file before consistency, a bad setting)."""
     pid = shlex.quote(f"{s.data}/postmaster.pid")
-    psql = (
-        f"{AS_POSTGRES} {PG_BIN}/psql -XAtq -h {shlex.quote(s.socket_dir)} -p {s.port} "
-        f"-U postgres -d postgres -v ON_ERROR_STOP=1 -c {shlex.quote(PROBE_SQL)}"
+    scratch = sql.Target(
+        host=s.socket_dir,
+        port=s.port,
+        user="postgres",
+        database="postgres",
+        psql=f"{PG_BIN}/psql",
     )
+    psql = sql.command(scratch, PROBE_SQL)
     script = f"""
 start=$(date +%s.%N); deadline=$(( $(date +%s) + {int(timeout)} )); seen=0
 while :; do

@@ -4,11 +4,11 @@ Placed and started before Patroni, so the first segment a new cluster archives f
 
 from __future__ import annotations
 
-import time
-
 from fabric import Connection
 
 from blocks.stack import StackSpec
+from lifeboat.waiting import NotYet, WaitTimeout, wait_until
+from tasks import sql
 from tasks.hosts import put, run
 from tasks.render import DESTINATIONS, TEMPLATES, render
 
@@ -54,26 +54,30 @@ def configure(conn: Connection, spec: StackSpec, spaces: dict[str, str]) -> bool
 def verify_archiving(conn: Connection, timeout: float = 90) -> str:
     """On the primary: close the current segment and wait until PostgreSQL reports it (or
     a later one) archived. Returns the segment's name."""
-    psql = "runuser -u postgres -- psql -XAt -h /var/run/postgresql -c"
     # A little WAL first: pg_switch_wal() does nothing on an idle segment start.
-    sql = "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT txid_current()) AS t"
-    target = run(conn, f'{psql} "{sql}"', timeout=30).stdout.strip()
-    deadline = time.monotonic() + timeout
-    while True:
-        row = run(
+    target = sql.query(
+        conn, "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT txid_current()) AS t"
+    )
+
+    def archived() -> bool:
+        row = sql.query(
             conn,
-            f"{psql} \"SELECT coalesce(last_archived_wal, ''), failed_count, "
-            f"coalesce(last_failed_wal, '') FROM pg_stat_archiver\"",
-            timeout=30,
-        ).stdout.strip()
-        archived, failed, last_failed = row.split("|")
+            "SELECT coalesce(last_archived_wal, ''), failed_count, "
+            "coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+        )
+        last, failed, last_failed = row.split("|")
         # Same timeline: segment names order as strings.
-        if archived and archived[:24] >= target:
-            return target
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"WAL segment {target} not archived after {timeout:.0f}s on {conn.host} "
-                f"(last archived {archived or 'none'}; {failed} failures, last {last_failed or '-'}"
-                f"); see `journalctl -u {UNIT}` there"
-            )
-        time.sleep(1)
+        if last and last[:24] >= target:
+            return True
+        raise NotYet(
+            f"last archived {last or 'none'}; {failed} failures, last {last_failed or '-'}"
+        )
+
+    try:
+        wait_until(f"WAL segment {target} archived on {conn.host}", archived, timeout, every=1)
+    except WaitTimeout as e:
+        raise RuntimeError(
+            f"WAL segment {target} not archived after {timeout:.0f}s on {conn.host} "
+            f"({e.last}); see `journalctl -u {UNIT}` there"
+        ) from e
+    return target

@@ -34,6 +34,7 @@ from tasks import droplets
 from tasks.haproxy import PGPASS
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
+from tasks.sql import literal, psql, through_haproxy
 
 LAB = "lab"
 PHP_FPM = "php8.2-fpm"  # Debian 12's
@@ -449,14 +450,8 @@ def _headers(message: Message) -> dict[str, str]:
 def _psql(
     conn: Connection, port: int, user: str, db: str, passfile: str, sql: str = "", file: str = ""
 ) -> str:
-    target = f"-f {file}" if file else f"-c {shlex.quote(sql)}"
-    res = run(
-        conn,
-        f"PGPASSFILE={passfile} PGCONNECT_TIMEOUT=5 psql -XAt -v ON_ERROR_STOP=1 "
-        f"-h 127.0.0.1 -p {port} -U {shlex.quote(user)} -d {shlex.quote(db)} {target}",
-        warn=True,
-        timeout=60,
-    )
+    target = through_haproxy(port, user, db, passfile)
+    res = psql(conn, sql or None, target, file=file or None, timeout=60, warn=True)
     if not res.ok:
         raise WordPressError(
             f"psql as {user} to {db} through {conn.host}:{port} failed: {last_line(res)}"
@@ -554,7 +549,7 @@ def _secret_sql(conn: Connection, spec: StackSpec, sql: str) -> None:
 
 
 def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    return literal(value)
 
 
 # --- the load balancer ---------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""SQL on a droplet: the one way Lifeboat builds a psql command line and runs it over SSH.
+
+Every query goes through `psql -XAtq -v ON_ERROR_STOP=1`: no ~/.psqlrc, unaligned rows,
+fields split by '|', no headers, footers or command tags, and a script (`-f`) stops at
+its first error with a non-zero exit instead of carrying on. Everything that varies
+(socket or address, port, role, database, the OS user psql runs as, the password file)
+is a `Target`; every word of the command is quoted with shlex, so SQL travels intact
+whatever quotes, dollars or newlines it holds.
+
+Passwords never appear on a command line: a password reaches psql through a 0600 password
+file named by PGPASSFILE (placed with `tasks.hosts.put`), and SQL that carries one is run
+from a 0600 file with `file=`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from fabric import Connection
+from invoke.runners import Result
+
+from tasks.hosts import run
+
+SOCKET_DIR = "/var/run/postgresql"  # Debian's, where Patroni's PostgreSQL listens too
+FLAGS = ("-XAtq", "-v", "ON_ERROR_STOP=1")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where psql connects, and as whom."""
+
+    host: str = SOCKET_DIR  # a socket directory, or an address
+    port: int | None = None  # None: psql's default (5432)
+    user: str | None = None  # -U; None: the OS user's name (peer authentication)
+    database: str | None = None  # -d; None: the role's name
+    os_user: str | None = "postgres"  # psql runs as this user (runuser); None: the SSH user
+    passfile: str | None = None  # PGPASSFILE
+    connect_timeout: int | None = None  # PGCONNECT_TIMEOUT, seconds
+    cluster: str | None = None  # Debian's `--cluster VERSION/NAME` instead of host and port
+    psql: str = "psql"  # Debian's wrapper, or a version's own binary
+
+
+# The droplet's own PostgreSQL (Patroni's), as postgres over its unix socket.
+LOCAL = Target()
+
+
+def through_haproxy(port: int, user: str, database: str, passfile: str) -> Target:
+    """HAProxy's port on this droplet, as `user` (as root, the password from `passfile`)."""
+    return Target(
+        host="127.0.0.1",
+        port=port,
+        user=user,
+        database=database,
+        os_user=None,
+        passfile=passfile,
+        connect_timeout=5,
+    )
+
+
+def command(target: Target, sql: str | None = None, file: str | None = None) -> str:
+    """The shell command that runs `sql` (or the script at `file`, on the droplet)."""
+    if (sql is None) == (file is None):
+        raise ValueError("give psql either sql or file")
+    words: list[str] = []
+    if target.os_user:
+        words += ["runuser", "-u", target.os_user, "--"]
+    env = {"PGPASSFILE": target.passfile, "PGCONNECT_TIMEOUT": target.connect_timeout}
+    if any(v is not None for v in env.values()):
+        words += ["env", *(f"{k}={v}" for k, v in env.items() if v is not None)]
+    words += [target.psql, *FLAGS]
+    if target.cluster:
+        words += ["--cluster", target.cluster]
+    else:
+        words += ["-h", target.host]
+        if target.port is not None:
+            words += ["-p", str(target.port)]
+    if target.user:
+        words += ["-U", target.user]
+    if target.database:
+        words += ["-d", target.database]
+    words += ["-c", sql] if sql is not None else ["-f", file]  # type: ignore[list-item]
+    return shlex.join(words)
+
+
+def psql(
+    conn: Connection,
+    sql: str | None = None,
+    target: Target = LOCAL,
+    *,
+    file: str | None = None,
+    timeout: int = 30,
+    warn: bool = False,
+) -> Result:
+    """Run it on the droplet; the Result (with `warn`, a failure is returned, not raised)."""
+    return run(conn, command(target, sql, file), timeout=timeout, warn=warn)
+
+
+def query(conn: Connection, sql: str, target: Target = LOCAL, timeout: int = 30) -> str:
+    """One query's output, stripped (rows by newline, fields by '|'); raises on failure."""
+    return psql(conn, sql, target, timeout=timeout).stdout.strip()
+
+
+def literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings, PostgreSQL's default)."""
+    return "'" + value.replace("'", "''") + "'"
