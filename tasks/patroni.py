@@ -20,7 +20,7 @@ from fabric import Connection
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import guc, sql
+from tasks import curl, guc, sql
 from tasks.etcd import ETCDCTL, endpoints
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
@@ -129,29 +129,16 @@ def initialized(conn: Connection, spec: StackSpec, etcd_ips: list[str]) -> bool:
 # --- REST API (open GET endpoints) -------------------------------------------------------
 
 
-def _get(conn: Connection, ip: str, path: str) -> tuple[int, str]:
-    res = run(
-        conn,
-        f"curl -s --max-time 5 -w '\\n%{{http_code}}' http://{ip}:{REST_PORT}{path}",
-        warn=True,
-        timeout=20,
-    )
-    body, _, code = res.stdout.rpartition("\n")
-    return (int(code) if code.strip().isdigit() else 0), body
+def _get(conn: Connection, ip: str, path: str) -> curl.Answer:
+    return curl.get(conn, f"http://{ip}:{REST_PORT}{path}", max_time=5, timeout=20)
 
 
 def get_json(conn: Connection, ip: str, path: str) -> dict | None:
-    code, body = _get(conn, ip, path)
-    if code == 0 or not body.strip():
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
+    return _get(conn, ip, path).json()
 
 
 def is_primary(conn: Connection, ip: str) -> bool:
-    return _get(conn, ip, "/primary")[0] == 200
+    return _get(conn, ip, "/primary").status == 200
 
 
 def wait_primary(conn: Connection, ip: str, timeout: float = 300) -> None:

@@ -30,7 +30,7 @@ from invoke.runners import Result
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import droplets
+from tasks import curl, droplets
 from tasks.haproxy import PGPASS
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
@@ -397,16 +397,14 @@ def parse_health(code: int, body: str) -> tuple[bool, str]:
 def local_health(conn: Connection, spec: StackSpec) -> tuple[int, str]:
     """The health endpoint asked on the droplet itself (the firewall admits HTTP from the
     load balancer only), with the site's Host header."""
-    domain = spec.wordpress.site_domain(spec.name)
-    res = run(
+    answer = curl.get(
         conn,
-        f"curl -s --max-time 8 -H {shlex.quote('Host: ' + domain)} -w '\\n%{{http_code}}' "
         f"http://127.0.0.1{droplets.WEB_HEALTH_PATH}",
-        warn=True,
+        headers={"Host": spec.wordpress.site_domain(spec.name)},
+        max_time=8,
         timeout=30,
     )
-    body, _, code = res.stdout.rpartition("\n")
-    return (int(code) if code.strip().isdigit() else 0), body
+    return answer.status, answer.body
 
 
 def wait_local_health(conn: Connection, spec: StackSpec, name: str, timeout: float = 45) -> str:
