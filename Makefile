@@ -55,6 +55,6 @@ test: deps
 
 # Benchmarks print figures; they assert nothing.
 bench: lab-up
-	$(UV) run python -m lab.bench
-	$(UV) run python -m lab.bench_up
-	$(UV) run python -m lab.bench_backup
+	$(UV) run python -m bench.lab
+	$(UV) run python -m bench.up
+	$(UV) run python -m bench.backup
