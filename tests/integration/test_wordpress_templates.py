@@ -25,7 +25,7 @@ from blocks.stack import StackSpec, WordPressSpec
 from tasks import wordpress as wp
 from tasks.hosts import Host
 from tasks.render import TEMPLATES, render
-from tests.unit.test_templates import EXAMPLES, tool
+from tests.integration.test_templates import EXAMPLES, tool
 
 SALTS = {k: f"salt-{k}" for k in ("AUTH_KEY", "NONCE_SALT")}
 # Characters a PHP single-quoted literal must escape.
