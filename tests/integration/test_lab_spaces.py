@@ -102,9 +102,7 @@ def test_the_labs_own_client_reaches_it(info: dict[str, Any]) -> None:
 
 
 def test_a_client_that_does_not_trust_the_lab_ca_fails(info: dict[str, Any]) -> None:
-    untrusting = orchestrator_s3(
-        info | {"ca_cert": Path(__file__)}, retries={"max_attempts": 1}
-    )
+    untrusting = orchestrator_s3(info | {"ca_cert": Path(__file__)}, retries={"max_attempts": 1})
     with pytest.raises(botocore.exceptions.SSLError):
         untrusting.list_buckets()
     import boto3  # the system's trust store, not the lab's: must fail too
