@@ -1,7 +1,7 @@
 """The web tier's files, rendered and checked by the real tools: `nginx -t` and a real
 nginx serving the rendered site (routing, denials, cache headers), `php -l` and php
-running the rendered PHP, fetch-release against local archives. Spec validation of the
-wordpress section.
+running the rendered PHP, fetch-release against local archives. The logic without the
+tools (site files, health parsing, spec validation): tests/unit/test_wordpress_templates.py.
 
 Needs on the host: nginx, php-cli, php-pgsql (the Makefile's deps install them)."""
 
@@ -19,15 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from blocks.stack import StackSpec, WordPressSpec
+from blocks.stack import StackSpec
 from tasks import wordpress as wp
-from tasks.hosts import Host
 from tasks.render import TEMPLATES, render
 from tests.integration.test_templates import EXAMPLES, tool
+from tests.unit.test_wordpress_templates import SALTS
 
-SALTS = {k: f"salt-{k}" for k in ("AUTH_KEY", "NONCE_SALT")}
 # Characters a PHP single-quoted literal must escape.
 NASTY = "pa'ss\\word$x\"y"
 
@@ -226,30 +224,6 @@ def test_health_endpoint_lints_and_reports_a_failed_connect_fast(tmp_path: Path)
     assert not healthy
 
 
-def test_parse_health() -> None:
-    good = '{"ok": true, "write": "ok", "read": "ok", "host": "w1", "latency_ms": 3}'
-    assert wp.parse_health(200, good)[0]
-    assert not wp.parse_health(503, good)[0]
-    assert not wp.parse_health(200, good.replace('"read": "ok"', '"read": "failed"'))[0]
-    healthy, said = wp.parse_health(502, "<html>Bad Gateway</html>")
-    assert not healthy and "502" in said
-
-
-def test_site_files_point_at_haproxy(spec: StackSpec, article: StackSpec) -> None:
-    """compact: HAProxy on the web droplet itself; article: the HAProxy droplet."""
-    web = Host("w", 1, "198.18.0.9", "10.20.0.9", ("haproxy", "wordpress"))
-    assert wp.db_address(spec, web, [web]) == ("127.0.0.1", 5000)
-    lone = Host("w", 1, "198.18.0.9", "10.10.0.9", ("wordpress",))
-    ha = Host("h", 2, "198.18.0.8", "10.10.0.8", ("haproxy",))
-    assert wp.db_address(article, lone, [ha]) == ("10.10.0.8", 5000)
-    files = {f.path: f for f in wp.site_files(article, lone, [ha], "lab", "pw", SALTS)}
-    config = files[wp.DEBIAN_WP_CONFIG]
-    assert (config.mode, config.owner) == ("0640", "root:www-data")
-    assert "define('DB_HOST', '10.10.0.8:5000');" in config.content
-    remote = {f.path for f in wp.site_files(article, lone, [ha], "do", "pw", SALTS)}
-    assert "/var/www/lifeboat/wp-config.php" in remote and wp.FETCH in remote
-
-
 # --- fetch-release -------------------------------------------------------------------------
 
 
@@ -288,41 +262,3 @@ def test_fetch_release_refuses_odd_layouts_and_missing_files(tmp_path: Path) -> 
     path, sha = archive(tmp_path, ["a", "b"])
     assert fetch(f"file://{path}", sha, tmp_path / "x").returncode == 5
     assert fetch(f"file://{tmp_path}/missing.tar.gz", sha, tmp_path / "y").returncode == 3
-
-
-# --- spec ----------------------------------------------------------------------------------
-
-
-def test_wordpress_spec_defaults(spec: StackSpec) -> None:
-    w = spec.wordpress
-    assert w.site_domain(spec.name) == "compact.lifeboat.test"
-    assert w.versions.wordpress.version == "6.4.3" and w.versions.pg4wp.version == "3.4.1"
-    assert wp.release_dir(spec) == "/var/www/lifeboat/releases/wordpress-6.4.3-pg4wp-3.4.1"
-    with pytest.raises(wp.WordPressError, match="sha256 not set"):
-        wp.check_pins(spec)
-
-
-@pytest.mark.parametrize(
-    ("section", "message"),
-    [
-        ({"domain": "https://blog.example.com"}, "lowercase DNS name"),
-        ({"db_user": "postgres"}, "not 'postgres'"),
-        ({"db_name": "Word-Press"}, "lowercase letters, digits and '_'"),
-        (
-            {"versions": {"wordpress": {"version": "6.4.3", "url": "http://x.org/w.tar.gz"}}},
-            "https:// URL",
-        ),
-        (
-            {
-                "versions": {
-                    "pg4wp": {"version": "3.4.1", "url": "https://x.org/p.tar.gz", "sha256": "ab"}
-                }
-            },
-            "not a SHA-256",
-        ),
-        ({"domian": "x.example.com"}, "Extra inputs are not permitted"),
-    ],
-)
-def test_wordpress_spec_rejects(section: dict, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
-        WordPressSpec.model_validate(section)
