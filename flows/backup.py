@@ -43,7 +43,9 @@ def _members(remote: Remote, hosts: list[Host]) -> list[patroni.Member]:
     for host in (h for h in hosts if "postgres" in h.roles):
         try:
             with remote.connect(host) as conn:
-                members = patroni.cluster(conn, host.private_ip)
+                # Live lag: /cluster's DCS positions are up to a loop_wait old, and a
+                # backup follows bursts of WAL (pgbench, the previous backup's switch).
+                members = patroni.with_live_lag(conn, patroni.cluster(conn, host.private_ip))
             if members:
                 return members
         except Exception:  # noqa: BLE001, S112 - ask the next member

@@ -1,6 +1,7 @@
 """Who may import whom (README, "Layout"): the local cloud imports no runbook code, the
 runbooks import neither the lab nor the benchmarks. Read from the source, imports inside
-functions included."""
+functions included. lifeboat.waiting (wait until a condition holds) is a plain helper the
+lab shares: it imports nothing of Lifeboat's."""
 
 from __future__ import annotations
 
@@ -14,22 +15,34 @@ RUNBOOK = {"flows", "tasks", "blocks", "lifeboat"}
 KNOWN = {("lab/credentials.py", "blocks")}
 
 
-def imported_tops(path: Path) -> set[str]:
-    tops = set()
+SHARED = {"lifeboat.waiting"}
+
+
+def imported(path: Path) -> set[str]:
+    """The modules `path` imports (for `from a.b import c`: a.b)."""
+    names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            tops |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            tops.add(node.module.split(".")[0])
-    return tops
+            names.add(node.module)
+    return names
 
 
-def imports_of(folder: str) -> dict[tuple[str, str], None]:
-    found = {}
+def imports_of(folder: str) -> set[tuple[str, str]]:
+    """(file, top-level package) for every import in `folder`, shared helpers left out."""
+    found = set()
     for path in sorted((ROOT / folder).rglob("*.py")):
-        for top in imported_tops(path):
-            found[(path.relative_to(ROOT).as_posix(), top)] = None
+        for name in imported(path) - SHARED:
+            found.add((path.relative_to(ROOT).as_posix(), name.split(".")[0]))
     return found
+
+
+def test_the_shared_helpers_import_nothing_of_lifeboat() -> None:
+    for name in SHARED:
+        path = ROOT / (name.replace(".", "/") + ".py")
+        tops = {n.split(".")[0] for n in imported(path)}
+        assert not tops & (RUNBOOK | {"lab", "bench"}), name
 
 
 def test_the_lab_imports_no_runbook_code_and_no_benchmark() -> None:
