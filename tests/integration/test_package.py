@@ -53,6 +53,8 @@ def test_the_installed_code_renders_from_the_installed_templates(
         "print(r.TEMPLATES); print(lr.TEMPLATES)\n"
         "print(r.render('wal/archive.sh.j2', socket='/run/x.sock', timeout=5))\n"
         "assert lr._env.get_template('spaces.cfg.j2')\n"
+        "import tasks.layout as tl\n"  # the Spaces layout, the droplets' own file
+        "assert tl.SOURCE == r.TEMPLATES / 'wal' / 'spaces_layout.py', tl.SOURCE\n"
     )
     # The installed copy comes first on the path; the checkout is not the working directory.
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}

@@ -1,0 +1,136 @@
+"""tasks/sql.py run for real: invoke's local runner stands in for the SSH connection
+(hosts.run calls the same `.run`), against a PostgreSQL 15 on a unix socket and 127.0.0.1.
+Needs postgresql-15 and root (psql runs as postgres through runuser, as on a droplet)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import invoke
+import pytest
+
+from tasks import sql
+from tests.unit.test_sql import AWKWARD
+
+BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(*cmd: object) -> None:
+    subprocess.run(
+        [str(c) for c in cmd],
+        user="postgres",
+        group="postgres",
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+@dataclass
+class Server:
+    base: Path
+    port: int
+
+    def target(self, **kwargs: object) -> sql.Target:
+        return sql.Target(host=str(self.base), port=self.port, psql=str(BIN / "psql"), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    """Peer (trust) on its socket, a password over TCP on 127.0.0.1."""
+    if not (BIN / "initdb").exists():
+        pytest.fail("PostgreSQL is not installed: apt-get install -y postgresql-15")
+    base = Path(tempfile.mkdtemp(prefix="lifeboat-sql-"))
+    shutil.chown(base, "postgres", "postgres")
+    data, port = base / "data", free_port()
+    as_postgres(BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres")
+    with (data / "postgresql.conf").open("a") as f:
+        f.write(f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n")
+        f.write(f"port = {port}\n")
+    (data / "pg_hba.conf").write_text(
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+    )
+    as_postgres(BIN / "pg_ctl", "-D", data, "-l", base / "pg.log", "-w", "start")
+    try:
+        yield Server(base, port)
+    finally:
+        subprocess.run(
+            [BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
+            user="postgres",
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_rows_fields_and_awkward_sql_come_back_intact(server: Server):
+    conn = invoke.Context()
+    literal = sql.literal(AWKWARD)
+    assert sql.query(conn, f"SELECT {literal}", server.target()) == AWKWARD
+    assert sql.query(conn, "SELECT 1, 'a' UNION ALL SELECT 2, 'b'", server.target()) == "1|a\n2|b"
+    assert sql.query(conn, "SELECT current_user", server.target()) == "postgres"  # runuser
+    assert sql.psql(conn, "CHECKPOINT", server.target()).stdout == ""  # no command tags
+
+
+def test_failures_raise_or_come_back_with_warn(server: Server):
+    conn = invoke.Context()
+    with pytest.raises(invoke.UnexpectedExit):
+        sql.query(conn, "SELECT nonsense", server.target())
+    res = sql.psql(conn, "SELECT nonsense", server.target(), warn=True)
+    assert not res.ok and "nonsense" in res.stderr
+
+
+def test_a_script_stops_at_its_first_error(server: Server):
+    conn = invoke.Context()
+    script = server.base / "script.sql"  # where postgres can read it
+    script.write_text(
+        "CREATE TABLE first_one (k int);\nSELECT nonsense;\nCREATE TABLE after (k int);\n"
+    )
+    script.chmod(0o644)
+    res = sql.psql(conn, target=server.target(), file=str(script), warn=True)
+    assert not res.ok and "nonsense" in res.stderr
+    found = sql.query(
+        conn,
+        "SELECT string_agg(relname, ',') FROM pg_class WHERE relname IN ('first_one', 'after')",
+        server.target(),
+    )
+    assert found == "first_one"
+
+
+def test_a_password_travels_in_the_password_file_only(server: Server, tmp_path: Path):
+    """As root over TCP, the way WordPress's role and HAProxy's checks connect."""
+    conn = invoke.Context()
+    password = "pw:with'quote"
+    sql.query(conn, f"CREATE ROLE tester LOGIN PASSWORD {sql.literal(password)}", server.target())
+    passfile = tmp_path / "pgpass"
+    fd = os.open(passfile, os.O_WRONLY | os.O_CREAT, 0o600)
+    escaped = password.replace(":", "\\:")  # pgpass's own escaping
+    os.write(fd, f"127.0.0.1:{server.port}:*:tester:{escaped}\n".encode())
+    os.close(fd)
+    target = sql.through_haproxy(server.port, "tester", "postgres", str(passfile))
+    target = replace(target, psql=str(BIN / "psql"))
+    command = sql.command(target, "SELECT current_user")
+    assert password not in command
+    assert sql.query(conn, "SELECT current_user", target) == "tester"
+    wrong = tmp_path / "wrong"
+    fd = os.open(wrong, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, f"127.0.0.1:{server.port}:*:tester:nope\n".encode())
+    os.close(fd)
+    denied = replace(target, passfile=str(wrong))
+    res = sql.psql(conn, "SELECT 1", denied, warn=True)
+    assert not res.ok and "password authentication failed" in res.stderr
