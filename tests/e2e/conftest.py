@@ -126,7 +126,7 @@ def stack(stacks: dict, name: str) -> tuple[StackSpec, dict]:
 
 def cluster_members(spec: StackSpec, credentials: str) -> list[patroni.Member]:
     """Patroni's view of the stack's cluster, asked on its first database droplet."""
-    from flows import remote as rm
+    from tasks import context as rm
 
     hosts, remote = rm.load(spec, credentials)
     db = next(h for h in hosts if "postgres" in h.roles)
