@@ -6,10 +6,11 @@ UV := uv
 APT_PACKAGES := mmdebstrap systemd-container systemd iproute2 nftables haproxy openssl openssh-client \
                 etcd-server postgresql-15 python3-boto3 python3-zstandard curl nginx php-cli php-pgsql
 PYTEST_ARGS ?=
+N ?= 3
 # No network but the package registries: Prefect must not try to send telemetry.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: deps demo test test-unit test-e2e lint lab-up lab-down bench
+.PHONY: deps demo test test-unit test-e2e test-e2e-repeat ci-repeat lint lab-up lab-down bench
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -45,6 +46,15 @@ test-unit: deps
 
 test-e2e: lab-up
 	$(UV) run pytest -m e2e $(PYTEST_ARGS)
+
+# Flakiness hunts. The end-to-end tests N times in a row against the lab (stops at the
+# first failure); and what CI runs, N times, each on a fresh clone of HEAD (commit first).
+test-e2e-repeat: lab-up
+	@for i in $$(seq $(N)); do echo "== e2e round $$i/$(N)"; \
+	  $(UV) run pytest -m e2e $(PYTEST_ARGS) || exit 1; done
+
+ci-repeat:
+	bash .ci/repeat $(N)
 
 # Everything: lint, unit tests, then end-to-end tests against a fresh lab; the lab is
 # taken down at the end whatever happened.

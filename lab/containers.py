@@ -15,12 +15,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from lab.config import DROPLETS_DIR, RUN_DIR
 from lab.network import netns_name, netns_pids, run
 from lab.processes import alive
+from lifeboat.waiting import WaitTimeout, wait_until
 
 SIGRTMIN_POWEROFF = signal.SIGRTMIN + 4  # systemd: start poweroff.target
 
@@ -132,12 +132,15 @@ def boot(droplet_id: int, name: str) -> int:
 
 
 def _wait_gone(droplet_id: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if nspawn_pid(droplet_id) is None and not netns_pids(droplet_id):
-            return True
-        time.sleep(0.1)
-    return False
+    try:
+        return wait_until(
+            f"droplet {droplet_id}'s processes to be gone",
+            lambda: nspawn_pid(droplet_id) is None and not netns_pids(droplet_id),
+            timeout,
+            every=0.1,
+        )
+    except WaitTimeout:
+        return False
 
 
 def kill(droplet_id: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lab import ca, containers, image, loadbalancers, network, nft, processes, spaces
 from lab.config import API_PORT, GATEWAY, LAB_FILE, MOTO_PORT, RUN_DIR, STATE_DIR, STATE_FILE
+from lifeboat.waiting import WaitTimeout, wait_until
 
 API_URL = f"http://{GATEWAY}:{API_PORT}"
 TOKEN_FILE = STATE_DIR / "api-token"
@@ -86,11 +87,10 @@ def up() -> dict:
             check=True,
         )
     _start_api()
-    deadline = time.monotonic() + 30
-    while not _api_answers(token):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the API stand-in did not answer; see {RUN_DIR / 'api.log'}")
-        time.sleep(0.2)
+    try:
+        wait_until("the API stand-in", lambda: _api_answers(token), timeout=30, every=0.2)
+    except WaitTimeout as e:
+        raise RuntimeError(f"the API stand-in did not answer; see {RUN_DIR / 'api.log'}") from e
     s3 = spaces.start()
     lab = {
         "api_url": API_URL,

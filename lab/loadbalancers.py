@@ -14,11 +14,11 @@ import os
 import re
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from lab import ca, config
 from lab.processes import find_pids, kill, read_pid
+from lifeboat.waiting import wait_until
 from tasks import render as templates
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -149,15 +149,13 @@ def run_haproxy(name: str, config_text: str, hold_new_servers: bool = False) -> 
 
 def _release_servers(name: str) -> None:
     """Take held (maintenance) servers out as DOWN: they must pass `rise` checks first."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            state = haproxy_command(name, "show servers state")
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    state = wait_until(
+        f"load balancer {name}'s stats socket",
+        lambda: haproxy_command(name, "show servers state"),
+        timeout=5,
+        every=0.05,
+        retry_on=(OSError,),
+    )
     commands = []
     for (backend, server), (_, admin) in sorted(_servers(state).items()):
         if admin & SRV_ADMF_CMAINT:

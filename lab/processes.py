@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from pathlib import Path
+
+from lifeboat.waiting import WaitTimeout, wait_until
 
 
 def cmdline(pid: int) -> list[str]:
@@ -48,10 +49,13 @@ def kill(pids: list[int], timeout: float = 5.0, gentle: bool = True) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(alive(p) for p in pids):
-            time.sleep(0.05)
-        if not any(alive(p) for p in pids):
+        with contextlib.suppress(WaitTimeout):
+            wait_until(
+                f"processes {pids} to end",
+                lambda: not any(alive(p) for p in pids),
+                timeout,
+                every=0.05,
+            )
             return
 
 

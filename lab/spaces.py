@@ -14,12 +14,12 @@ import socket
 import string
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from blocks.credentials import SpacesCredentials
 from lab import ca, config, loadbalancers, processes
+from lifeboat.waiting import WaitTimeout, wait_until
 from tasks.render import render
 from tasks.spaces import s3_client
 
@@ -90,12 +90,17 @@ def _start_moto() -> None:
             start_new_session=True,
         )  # fmt: skip
     _moto_pid_file().write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + 30
-    while not _port_open("127.0.0.1", config.MOTO_PORT):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            processes.kill([proc.pid])
-            raise RuntimeError(f"moto did not start; see {config.RUN_DIR / 'moto.log'}")
-        time.sleep(0.1)
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError("moto exited")
+        return _port_open("127.0.0.1", config.MOTO_PORT)
+
+    try:
+        wait_until("moto to listen", listening, timeout=30, every=0.1)
+    except (WaitTimeout, RuntimeError) as e:
+        processes.kill([proc.pid])
+        raise RuntimeError(f"moto did not start; see {config.RUN_DIR / 'moto.log'}") from e
 
 
 def _terminator_config(ip: str, port: int, pem: Path) -> str:

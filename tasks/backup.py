@@ -302,7 +302,9 @@ def members(remote: Remote, hosts: list[Host]) -> list[Member]:
     for host in (h for h in hosts if "postgres" in h.roles):
         try:
             with remote.connect(host) as conn:
-                found = patroni.cluster(conn, host.private_ip)
+                # Live lag: /cluster's DCS positions are up to a loop_wait old, and a
+                # backup follows bursts of WAL (pgbench, the previous backup's switch).
+                found = patroni.with_live_lag(conn, patroni.cluster(conn, host.private_ip))
             if found:
                 return found
         except Exception:  # noqa: BLE001, S112 - ask the next member

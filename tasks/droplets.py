@@ -5,7 +5,6 @@ creates only what is missing."""
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.credentials import DigitalOceanCredentials
 from blocks.stack import StackSpec
+from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import digitalocean
 from tasks.hosts import Host
 
@@ -104,15 +104,18 @@ def wait_active(
     do: pydo.Client, spec: StackSpec, names: set[str], timeout: float = 600
 ) -> list[dict]:
     """Wait until every named droplet of the stack is active; fail naming the stragglers."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def all_active() -> list[dict]:
         found = {d["name"]: d for d in stack_droplets(do, spec) if d["name"] in names}
         waiting = sorted(n for n in names if found.get(n, {}).get("status") != "active")
-        if not waiting:
-            return list(found.values())
-        if time.monotonic() > deadline:
-            raise CloudError(f"droplets not active after {timeout:.0f}s: {', '.join(waiting)}")
-        time.sleep(2)
+        if waiting:
+            raise NotYet(", ".join(waiting))
+        return list(found.values())
+
+    try:
+        return wait_until("droplets to be active", all_active, timeout, every=2)
+    except WaitTimeout as e:
+        raise CloudError(f"droplets not active after {timeout:.0f}s: {e.last}") from e
 
 
 # --- provisioning: each `ensure_*` finds what exists and creates or fixes only the rest;
@@ -351,14 +354,18 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
     if doomed:
         call("destroying droplets", do.droplets.destroy_by_tag, tag_name=spec.stack_tag)
         gone += [f"droplet {d['name']}" for d in doomed]
-    deadline = time.monotonic() + timeout
     for vpc in paged(do.vpcs.list, "vpcs"):
         if vpc["name"] != spec.resource_name:
             continue
-        while do.vpcs.list_members(vpc_id=vpc["id"]).get("members"):
-            if time.monotonic() > deadline:
-                raise CloudError(f"VPC {vpc['name']} still has members after {timeout:.0f}s")
-            time.sleep(2)
+        try:
+            wait_until(
+                f"VPC {vpc['name']} to have no members",
+                lambda vpc=vpc: not do.vpcs.list_members(vpc_id=vpc["id"]).get("members"),
+                timeout,
+                every=2,
+            )
+        except WaitTimeout as e:
+            raise CloudError(f"VPC {vpc['name']} still has members after {timeout:.0f}s") from e
         call(f"deleting VPC {vpc['name']}", do.vpcs.delete, vpc_id=vpc["id"])
         gone.append(f"vpc {vpc['name']}")
     if any(t["name"] == spec.stack_tag for t in paged(do.tags.list, "tags")):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.stack import StackSpec
+from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
 
@@ -195,14 +195,16 @@ def check(conn: Connection, expected: dict[str, str]) -> EtcdHealth:
 
 
 def wait_healthy(conn: Connection, expected: dict[str, str], timeout: float = 120) -> EtcdHealth:
-    deadline = time.monotonic() + timeout
-    while True:
+    def healthy() -> EtcdHealth:
         health = check(conn, expected)
-        if health.ok:
-            return health
-        if time.monotonic() > deadline:
-            raise EtcdError(f"etcd not healthy after {timeout:.0f}s: {'; '.join(health.problems)}")
-        time.sleep(2)
+        if not health.ok:
+            raise NotYet("; ".join(health.problems))
+        return health
+
+    try:
+        return wait_until("a healthy etcd cluster", healthy, timeout, every=2)
+    except WaitTimeout as e:
+        raise EtcdError(f"etcd not healthy after {timeout:.0f}s: {e.last}") from e
 
 
 # --- Prefect tasks -------------------------------------------------------------------------

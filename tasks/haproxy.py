@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import shlex
-import time
 from typing import TYPE_CHECKING
 
 from fabric import Connection
@@ -20,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.secrets import HAPROXY_STATS, POSTGRES_SUPERUSER
 from blocks.stack import StackSpec
+from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
 
@@ -139,18 +139,23 @@ def backends(conn: Connection) -> dict[str, dict[str, str]]:
 def wait_backends(
     conn: Connection, leader: str, replicas: list[str], timeout: float = 60
 ) -> dict[str, dict[str, str]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = backends(conn)
-            problems = assess_backends(found, leader, replicas)
-        except HAProxyError as exc:
-            found, problems = {}, [str(exc)]
-        if not problems:
-            return found
-        if time.monotonic() > deadline:
-            raise HAProxyError(f"HAProxy on {conn.host}: {'; '.join(problems)}")
-        time.sleep(1)
+    def routing() -> dict[str, dict[str, str]]:
+        found = backends(conn)
+        problems = assess_backends(found, leader, replicas)
+        if problems:
+            raise NotYet("; ".join(problems))
+        return found
+
+    try:
+        return wait_until(
+            f"HAProxy on {conn.host} to route to the primary",
+            routing,
+            timeout,
+            every=1,
+            retry_on=(HAProxyError,),
+        )
+    except WaitTimeout as e:
+        raise HAProxyError(f"HAProxy on {conn.host}: {e.last}") from e
 
 
 def place_pgpass(conn: Connection, spec: StackSpec, password: str) -> None:

@@ -9,12 +9,11 @@ protected ones. No password ever appears on a command line.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import time
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,15 +162,14 @@ def is_primary(conn: Connection, ip: str) -> bool:
 
 
 def wait_primary(conn: Connection, ip: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not is_primary(conn, ip):
-        if time.monotonic() > deadline:
-            state = get_json(conn, ip, "/patroni") or {}
-            raise PatroniError(
-                f"{ip} did not become the primary within {timeout:.0f}s "
-                f"(state {state.get('state', 'unknown')!r}); see `journalctl -u patroni`"
-            )
-        time.sleep(2)
+    try:
+        wait_until(f"{ip} to become the primary", lambda: is_primary(conn, ip), timeout, every=2)
+    except WaitTimeout as e:
+        state = get_json(conn, ip, "/patroni") or {}
+        raise PatroniError(
+            f"{ip} did not become the primary within {timeout:.0f}s "
+            f"(state {state.get('state', 'unknown')!r}); see `journalctl -u patroni`"
+        ) from e
 
 
 # --- the cluster as Patroni reports it -------------------------------------------------
@@ -256,21 +254,55 @@ def cluster(conn: Connection, ip: str) -> list[Member]:
     return parse_cluster(data) if data else []
 
 
+def live_lags(conn: Connection, members: list[Member]) -> dict[str, int | None]:
+    """Bytes each replica has still to replay, read live: the leader's WAL position first
+    (GET /patroni asks PostgreSQL at once), then each replica's replayed position. Zero
+    means "has replayed everything the primary had written when we asked", the meaning
+    of "caught up" here. /cluster's own `lag` compares positions each member publishes to
+    the DCS once per loop_wait, so right after a burst of WAL (a backup, a WAL switch) it
+    shows megabytes of lag on replicas that are level (issue 15)."""
+    leader = next((m for m in members if m.is_leader), None)
+    position = _xlog(conn, leader.host, "location") if leader and leader.host else None
+    lags: dict[str, int | None] = {}
+    for m in members:
+        if m is leader:
+            continue
+        replayed = _xlog(conn, m.host, "replayed_location") if m.host else None
+        ok = position is not None and replayed is not None
+        lags[m.name] = max(0, position - replayed) if ok else None
+    return lags
+
+
+def _xlog(conn: Connection, ip: str, key: str) -> int | None:
+    value = ((get_json(conn, ip, "/patroni") or {}).get("xlog") or {}).get(key)
+    return value if isinstance(value, int) else None
+
+
+def with_live_lag(conn: Connection, members: list[Member]) -> list[Member]:
+    """`members` with each replica's lag replaced by its live lag (see `live_lags`)."""
+    lags = live_lags(conn, members)
+    return [m if m.name not in lags else replace(m, lag=lags[m.name]) for m in members]
+
+
 def wait_healthy(
     conn: Connection, ip: str, expected: list[str], synchronous: bool, timeout: float = 300
 ) -> list[Member]:
-    """Poll /cluster (through member `ip`) until `assess_cluster` finds nothing wrong."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Poll /cluster (through member `ip`) until `assess_cluster` finds nothing wrong,
+    with every replica caught up by its live lag."""
+
+    def healthy() -> list[Member]:
         members = cluster(conn, ip)
+        if members:
+            members = with_live_lag(conn, members)
         problems = assess_cluster(members, expected, synchronous)
-        if not problems:
-            return members
-        if time.monotonic() > deadline:
-            raise PatroniError(
-                f"Patroni cluster not healthy after {timeout:.0f}s: {'; '.join(problems)}"
-            )
-        time.sleep(2)
+        if problems:
+            raise NotYet("; ".join(problems))
+        return members
+
+    try:
+        return wait_until("a healthy Patroni cluster", healthy, timeout=timeout, every=1)
+    except WaitTimeout as e:
+        raise PatroniError(f"Patroni cluster not healthy after {timeout:.0f}s: {e.last}") from e
 
 
 def restart_order(members: list[Member], only_pending: bool = True) -> list[str]:
@@ -412,13 +444,11 @@ def member_info(conn: Connection, ip: str) -> dict:
 
 def patroni_status(conn: Connection, ip: str, expected: list[str], synchronous: bool) -> dict:
     members = cluster(conn, ip)
-    return {
-        "ok": not assess_cluster(members, expected, synchronous),
-        "members": [asdict(m) for m in members],
-        "problems": assess_cluster(members, expected, synchronous)
-        if members
-        else [f"no answer from Patroni at {ip}"],
-    }
+    if not members:
+        return {"ok": False, "members": [], "problems": [f"no answer from Patroni at {ip}"]}
+    members = with_live_lag(conn, members)
+    problems = assess_cluster(members, expected, synchronous)
+    return {"ok": not problems, "members": [asdict(m) for m in members], "problems": problems}
 
 
 @dataclass
@@ -579,7 +609,7 @@ def _live_pending(remote: Remote, hosts: list[Host]) -> list[Member]:
     for host in hosts:
         with remote.connect(host) as conn:
             live[host.name] = member_info(conn, host.private_ip)["pending_restart"]
-    return [dataclasses.replace(m, pending_restart=live.get(m.name, False)) for m in members]
+    return [replace(m, pending_restart=live.get(m.name, False)) for m in members]
 
 
 def _flatten(patch: dict, prefix: str = "") -> list[str]:

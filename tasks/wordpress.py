@@ -35,6 +35,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.secrets import POSTGRES_SUPERUSER, WORDPRESS_DB, WORDPRESS_SALTS
 from blocks.stack import StackSpec
+from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import droplets
 from tasks.haproxy import PGPASS, place_pgpass
 from tasks.hosts import Host, put, run
@@ -416,14 +417,17 @@ def local_health(conn: Connection, spec: StackSpec) -> tuple[int, str]:
 
 def wait_local_health(conn: Connection, spec: StackSpec, name: str, timeout: float = 45) -> str:
     """The rollout's gate: the droplet's own health endpoint reports a write and a read."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def passes() -> str:
         healthy, said = parse_health(*local_health(conn, spec))
         if healthy:
             return said
-        if time.monotonic() > deadline:
-            raise WordPressError(f"{name} failed its health gate after {timeout:.0f}s: {said}")
-        time.sleep(1)
+        raise NotYet(said)
+
+    try:
+        return wait_until(f"{name}'s health gate", passes, timeout, every=1)
+    except WaitTimeout as e:
+        raise WordPressError(f"{name} failed its health gate after {timeout:.0f}s: {e.last}") from e
 
 
 def http_get(url: str, timeout: float = 8) -> tuple[int, dict[str, str], str]:
@@ -602,20 +606,22 @@ def wait_lb_routes_to(lb: dict, name: str, timeout: float = 90) -> str:
     """Until a request through the load balancer's address is answered, healthy, by
     droplet `name`: proof the load balancer has taken it back."""
     url = lb_health_url(lb)
-    deadline = time.monotonic() + timeout
-    said = "no answer"
-    while True:
+
+    def answered_by_it() -> str:
         code, _, body = http_get(url)
         healthy, said = parse_health(code, body)
         if healthy and json.loads(body).get("host") == name:
             return said
-        if time.monotonic() > deadline:
-            raise WordPressError(
-                f"the load balancer did not route to {name} within {timeout:.0f}s although "
-                "its own health endpoint passed: the load balancer cannot reach it on port 80 "
-                f"(web firewall, routing) or keeps it marked down; last answer {said}"
-            )
-        time.sleep(0.5)
+        raise NotYet(said)
+
+    try:
+        return wait_until(f"the load balancer to route to {name}", answered_by_it, timeout, 0.5)
+    except WaitTimeout as e:
+        raise WordPressError(
+            f"the load balancer did not route to {name} within {timeout:.0f}s although "
+            "its own health endpoint passed: the load balancer cannot reach it on port 80 "
+            f"(web firewall, routing) or keeps it marked down; last answer {e.last}"
+        ) from e
 
 
 # --- Prefect tasks -------------------------------------------------------------------------

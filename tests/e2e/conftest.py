@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
 from collections.abc import Callable
 
 import paramiko
@@ -14,6 +13,7 @@ from fabric import Connection
 
 from blocks.stack import StackSpec
 from lab import lifecycle
+from lifeboat.waiting import WaitTimeout, wait_until
 from tasks import digitalocean, patroni
 
 EXAMPLES = ("article", "compact")
@@ -43,15 +43,14 @@ def ssh_key_id(do: pydo.Client, lab: dict) -> int:
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 60, every: float = 0.5):
-    """Poll until `check()` is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
+    """`lifeboat.waiting.wait_until` for tests: poll until `check()` is truthy (it may
+    raise `NotYet("why")`), and fail the test saying what was awaited and the last reason
+    after `timeout` seconds. An assertion on a state that settles (lag, LB membership,
+    HAProxy backends, droplet status) waits through this, never reads one snapshot."""
+    try:
+        return wait_until(what, check, timeout=timeout, every=every)
+    except WaitTimeout as e:
+        pytest.fail(str(e))
 
 
 def ssh(lab: dict, host: str, timeout: float = 10) -> Connection:
@@ -137,3 +136,38 @@ def cluster_members(spec: StackSpec, credentials: str) -> list[patroni.Member]:
 def leader(members: list[patroni.Member]) -> patroni.Member:
     (lead,) = [m for m in members if m.is_leader]
     return lead
+
+
+def healthy_cluster(
+    spec: StackSpec, credentials: str, timeout: float = 120
+) -> list[patroni.Member]:
+    """Wait until the stack's cluster is what the runbooks promise (one running leader,
+    every replica streaming on its timeline and caught up by its live lag, a synchronous
+    standby when asked for): the runbook's own wait, `patroni.wait_healthy`."""
+    from tasks import context as rm
+
+    hosts, remote = rm.load(spec, credentials)
+    db = next(h for h in hosts if "postgres" in h.roles)
+    expected = [n.name for n in spec.nodes_with("postgres")]
+    with remote.connect(db) as conn:
+        try:
+            return patroni.wait_healthy(
+                conn, db.private_ip, expected, spec.synchronous_mode, timeout=timeout
+            )
+        except patroni.PatroniError as e:
+            pytest.fail(str(e))
+
+
+def site_serves_from_every_web_droplet(do: pydo.Client, spec: StackSpec, timeout: float = 120):
+    """Wait until the load balancer's address answers healthy from each web droplet in
+    turn: the site is whole again (after a database fault the load balancer needs its
+    rise count of passing checks per droplet)."""
+    from tasks import wordpress as wp
+
+    lb = wp.load_balancer(do, spec)
+    for node in spec.nodes_with("wordpress"):
+        try:
+            wp.wait_lb_routes_to(lb, node.name, timeout=timeout)
+        except wp.WordPressError as e:
+            pytest.fail(str(e))
+    return lb

@@ -12,7 +12,9 @@ from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 
 def test_returns_the_first_truthy_value():
     calls = itertools.count()
-    assert wait_until("third call", lambda: next(calls) >= 2 and "done", timeout=5, every=0) == "done"
+    assert (
+        wait_until("third call", lambda: next(calls) >= 2 and "done", timeout=5, every=0) == "done"
+    )
 
 
 def test_times_out_naming_what_and_the_last_reason():
