@@ -108,10 +108,16 @@ def _missing_block(kind: str, name: str) -> ClusterError:
 
 
 def _load(block: type, name: str) -> Any:  # noqa: ANN401 - a Block subclass
+    kind = block.get_block_type_name()
     try:
         return block.load(name)
-    except ValueError:  # Block.load's way of saying "no such block document"
-        raise _missing_block(block.get_block_type_name(), name) from None
+    except ValueError as exc:
+        if "Unable to find block document" in str(exc):  # Block.load's "no such block"
+            raise _missing_block(kind, name) from None
+        # Not the error's text: a block that fails validation may quote what it holds.
+        raise ClusterError(
+            f"the {kind} block {name!r} cannot be read ({type(exc).__name__}): save it again"
+        ) from None
 
 
 def check_blocks(credentials: str) -> None:
