@@ -10,7 +10,7 @@ N ?= 3
 # No network but the package registries: Prefect must not try to send telemetry.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: deps demo test test-unit test-e2e test-e2e-repeat ci-repeat lint lab-up lab-down bench
+.PHONY: deps demo test test-unit test-integration test-e2e test-e2e-repeat ci-repeat lint lab-up lab-down bench
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -18,7 +18,7 @@ deps:
 	  echo "installing: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@# nginx is here for `nginx -t` in the unit tests only: never a server on the host's :80,
+	@# nginx is here for `nginx -t` in the integration tests only: never a server on the host's :80,
 	@# where the lab's load balancers listen.
 	@if systemctl is-enabled --quiet nginx 2>/dev/null; then \
 	  systemctl disable --quiet nginx; systemctl stop nginx 2>/dev/null || true; fi
@@ -41,8 +41,13 @@ demo: lab-up
 	$(UV) run lifeboat backup --spec examples/article.yaml
 	$(UV) run lifeboat status --spec examples/article.yaml
 
+# Pure logic: no server, no lab; seconds.
 test-unit: deps
-	$(UV) run pytest -m "not e2e" $(PYTEST_ARGS)
+	$(UV) run pytest tests/unit -m "not e2e" $(PYTEST_ARGS)
+
+# Real servers on this machine (moto, PostgreSQL, etcd, nginx, HAProxy, Prefect), no lab.
+test-integration: deps
+	$(UV) run pytest tests/integration -m "not e2e" $(PYTEST_ARGS)
 
 test-e2e: lab-up
 	$(UV) run pytest -m e2e $(PYTEST_ARGS)
@@ -56,8 +61,8 @@ test-e2e-repeat: lab-up
 ci-repeat:
 	bash .ci/repeat $(N)
 
-# Everything: lint, unit tests, then end-to-end tests against a fresh lab; the lab is
-# taken down at the end whatever happened.
+# Everything: lint, then unit, integration and end-to-end tests (one pytest run) against a
+# fresh lab; the lab is taken down at the end whatever happened.
 test: deps
 	$(UV) run ruff check .
 	$(UV) run lifeboat lab up
@@ -65,6 +70,6 @@ test: deps
 
 # Benchmarks print figures; they assert nothing.
 bench: lab-up
-	$(UV) run python -m lab.bench
-	$(UV) run python -m lab.bench_up
-	$(UV) run python -m lab.bench_backup
+	$(UV) run python -m bench.lab
+	$(UV) run python -m bench.up
+	$(UV) run python -m bench.backup

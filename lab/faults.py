@@ -6,12 +6,12 @@ from __future__ import annotations
 import pydo
 
 from lab import nft, spaces
+from lab.client import client as api_client
 from lab.lifecycle import API_URL, TOKEN_FILE
-from tasks import digitalocean
 
 
 def _client() -> pydo.Client:
-    return digitalocean.client(TOKEN_FILE.read_text(), API_URL)
+    return api_client(TOKEN_FILE.read_text(), API_URL)
 
 
 def find_droplet(name_or_id: str | int) -> dict:

@@ -227,12 +227,11 @@ def info() -> dict:
 
 
 def _droplets(token: str) -> list[dict]:
-    # Imported here: `lab down` must work without the orchestrator's API client.
-    from tasks import digitalocean
-    from tasks.droplets import paged
+    # Imported here: `lab down` must work without pydo loaded.
+    from lab.client import client, paged
 
     out = []
-    for d in paged(digitalocean.client(token, API_URL).droplets.list, "droplets"):
+    for d in paged(client(token, API_URL).droplets.list, "droplets"):
         addrs = {n["type"]: n["ip_address"] for n in d["networks"]["v4"]}
         out.append(
             {

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from lab import ca, config
 from lab.processes import find_pids, kill, read_pid
+from lab.render import render as render_template
 from lifeboat.waiting import wait_until
-from tasks import render as templates
 
 HAPROXY = "/usr/sbin/haproxy"
 LB_PREFIX = "lb-"
@@ -230,8 +230,8 @@ def render(lb: dict, targets: list[dict]) -> str:
     ]
     sticky = lb.get("sticky_sessions") or {}
     p = paths(name)
-    return templates.render(
-        "lab/loadbalancer.cfg.j2",
+    return render_template(
+        "loadbalancer.cfg.j2",
         lb_id=lb["id"],
         name=lb.get("name", ""),
         ip=lb["ip"],

@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blocks.credentials import SpacesCredentials
+import boto3
+from botocore.config import Config
+
 from lab import ca, config, loadbalancers, processes
+from lab.render import render
 from lifeboat.waiting import WaitTimeout, wait_until
-from tasks.render import render
-from tasks.spaces import s3_client
 
 REGION = "nyc3"
 DNS_NAME = "spaces.lab"
@@ -105,7 +106,7 @@ def _start_moto() -> None:
 
 def _terminator_config(ip: str, port: int, pem: Path) -> str:
     return render(
-        "lab/spaces.cfg.j2",
+        "spaces.cfg.j2",
         socket=loadbalancers.paths(HAPROXY_NAME)["sock"],
         ip=ip,
         port=port,
@@ -184,12 +185,23 @@ def stop_stale() -> None:
 
 
 def boto3_client(info: dict[str, Any], **config_overrides: Any) -> Any:
-    """The orchestrator's Spaces client (tasks.spaces), for the lab's endpoint and keys."""
-    creds = SpacesCredentials(
-        access_key=info["access_key"],
-        secret_key=info["secret_key"],
-        region=info["region"],
-        endpoint=info["endpoint"],
-        ca_bundle=str(info["ca_cert"]),
+    """A boto3 S3 client for the lab's endpoint, keys and CA, set up as a Spaces client is
+    (path-style, checksums only when required, short timeouts, few retries);
+    `config_overrides` go to botocore's Config."""
+    settings = {
+        "s3": {"addressing_style": "path"},
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+        "connect_timeout": 5,
+        "read_timeout": 60,
+        "retries": {"mode": "standard", "max_attempts": 3},
+    } | config_overrides
+    return boto3.client(
+        "s3",
+        endpoint_url=info["endpoint"],
+        region_name=info["region"],
+        aws_access_key_id=info["access_key"],
+        aws_secret_access_key=info["secret_key"],
+        verify=str(info["ca_cert"]),
+        config=Config(**settings),
     )
-    return s3_client(creds, **config_overrides)

@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 
+# Beside this package, in a checkout and in an installed wheel alike (pyproject ships templates/).
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 # Where each template's output goes on a droplet: (path, owner:group, mode).

@@ -1,6 +1,6 @@
 """Benchmark of WAL archiving (not a test): prints figures, asserts nothing.
 
-    uv run python -m lab.bench_wal [--segments 40] [--restores 10]
+    uv run python -m bench.wal [--segments 40] [--restores 10]
 
 Against one moto S3 server on a free 127.0.0.1 port, in one run, archiving the same
 16 MiB WAL-like segments one after another, as PostgreSQL's archiver drains a backlog:

@@ -17,8 +17,8 @@ import pytest
 
 from tasks import catalog
 from tasks.render import TEMPLATES
-from tests.unit import test_wal_agent as wal_tests
-from tests.unit.test_wal_agent import BUCKET, PYTHON, Moto, free_port, write_config
+from tests.integration import test_wal_agent as wal_tests
+from tests.integration.test_wal_agent import BUCKET, PYTHON, Moto, free_port, write_config
 
 # The WAL agent tests' S3 server and Debian-python check, shared by name.
 moto = wal_tests.moto

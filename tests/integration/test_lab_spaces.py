@@ -18,7 +18,9 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from blocks.credentials import SpacesCredentials
 from lab import config, loadbalancers, processes, spaces
+from tasks.spaces import s3_client
 
 pytestmark = [
     pytest.mark.lab,
@@ -32,6 +34,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def orchestrator_s3(info: dict[str, Any], **config_overrides: Any) -> Any:
+    """The orchestrator's Spaces client (tasks.spaces) for the lab's endpoint and keys: the
+    client the runbooks use must work against the lab's Spaces."""
+    creds = SpacesCredentials(
+        access_key=info["access_key"],
+        secret_key=info["secret_key"],
+        region=info["region"],
+        endpoint=info["endpoint"],
+        ca_bundle=str(info["ca_cert"]),
+    )
+    return s3_client(creds, **config_overrides)
 
 
 def _lab_pids() -> list[int]:
@@ -71,7 +86,7 @@ def test_start_gives_an_https_endpoint_with_lab_credentials(info: dict[str, Any]
 
 
 def test_objects_round_trip_over_https(info: dict[str, Any]) -> None:
-    s3 = spaces.boto3_client(info)
+    s3 = orchestrator_s3(info)
     s3.create_bucket(Bucket=BUCKET)  # no LocationConstraint, as Spaces allows
     s3.put_object(Bucket=BUCKET, Key="wal/000000010000000000000001", Body=b"x" * 70_000)
     got = s3.get_object(Bucket=BUCKET, Key="wal/000000010000000000000001")["Body"].read()
@@ -79,10 +94,15 @@ def test_objects_round_trip_over_https(info: dict[str, Any]) -> None:
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [BUCKET]
 
 
+def test_the_labs_own_client_reaches_it(info: dict[str, Any]) -> None:
+    s3 = spaces.boto3_client(info)  # the lab's tools and the e2e tests use this one
+    s3.put_object(Bucket=BUCKET, Key="lab-client", Body=b"y")
+    assert s3.get_object(Bucket=BUCKET, Key="lab-client")["Body"].read() == b"y"
+    s3.delete_object(Bucket=BUCKET, Key="lab-client")
+
+
 def test_a_client_that_does_not_trust_the_lab_ca_fails(info: dict[str, Any]) -> None:
-    untrusting = spaces.boto3_client(
-        info | {"ca_cert": Path(__file__)}, retries={"max_attempts": 1}
-    )
+    untrusting = orchestrator_s3(info | {"ca_cert": Path(__file__)}, retries={"max_attempts": 1})
     with pytest.raises(botocore.exceptions.SSLError):
         untrusting.list_buckets()
     import boto3  # the system's trust store, not the lab's: must fail too
@@ -106,7 +126,7 @@ def test_start_again_changes_nothing(info: dict[str, Any]) -> None:
 
 
 def test_outage_fails_fast_and_restore_keeps_the_data(info: dict[str, Any]) -> None:
-    s3 = spaces.boto3_client(info, retries={"max_attempts": 1})
+    s3 = orchestrator_s3(info, retries={"max_attempts": 1})
     s3.put_object(Bucket=BUCKET, Key="before-outage", Body=b"kept")
     spaces.outage()
     try:

@@ -1,6 +1,6 @@
 """Benchmark of `lifeboat up` in the local cloud (not a test): prints figures only.
 
-    uv run python -m lab.bench_up [examples/article.yaml examples/compact.yaml]
+    uv run python -m bench.up [examples/article.yaml examples/compact.yaml]
 
 For each spec: the stack is destroyed first (so `up` starts from nothing), then `up` runs
 and its wall time is printed split by runbook step, from Prefect's own task run records
@@ -10,7 +10,7 @@ the healthy stack, which should change nothing.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from collections import defaultdict
 from datetime import datetime
@@ -55,7 +55,14 @@ def bench(path: str, credentials: str) -> None:
 
 
 def main() -> None:
-    specs = sys.argv[1:] or ["examples/article.yaml", "examples/compact.yaml"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "specs",
+        nargs="*",
+        default=["examples/article.yaml", "examples/compact.yaml"],
+        help="stack specs to bring up (default: both examples)",
+    )
+    specs = parser.parse_args().specs
     info = lifecycle.up()
     credentials = save_blocks(info)
     for path in specs:

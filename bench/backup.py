@@ -1,7 +1,7 @@
 """Benchmark of backups in the local cloud (not a test): Lifeboat vs pgBackRest, side by
 side in one run. Prints figures, asserts nothing.
 
-    uv run python -m lab.bench_backup [--scale 50] [--backlog 160] [--rate 48] [--keep]
+    uv run python -m bench.backup [--scale 50] [--backlog 160] [--rate 48] [--keep]
 
 Stack `kbench` (examples/compact.yaml, 3 db + 1 web, VPC 10.130.0.0/16) is destroyed and
 built again (provision + cluster), a pgbench database of scale 50 (~750 MB) is made, and

@@ -1,6 +1,6 @@
 """Benchmark of the local cloud (not a test): prints figures, asserts nothing.
 
-    uv run python -m lab.bench [--skip-cold]
+    uv run python -m bench.lab [--skip-cold]
 
 - golden image build time, cold (into a scratch directory) and warm (the cache hit);
 - time from one API call creating six droplets until all six answer SSH;
