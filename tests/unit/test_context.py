@@ -1,10 +1,9 @@
 """The stack context: what it shows (never a secret), how Prefect records it as a subflow
-parameter (a placeholder), missing blocks named before anything is created; the spec's
-resource names and WordPress source."""
+parameter (a placeholder), handing it down; the spec's resource names and WordPress source.
+(Missing blocks: tests/integration/test_context_blocks.py.)"""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from pydantic import SecretStr, ValidationError
 from blocks.credentials import SpacesCredentials, SSHIdentity
 from blocks.stack import StackSpec
 from tasks import context, droplets
-from tasks.context import ClusterError, StackContext, check_blocks, opened
+from tasks.context import ClusterError, StackContext, opened
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nNOT-A-REAL-KEY\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -71,14 +70,6 @@ def test_opened_hands_down_the_parent_context_and_leaves_it_open(
 def test_require_complete_names_the_missing_droplets(stack: StackContext) -> None:
     with pytest.raises(ClusterError, match="compact-db-1, compact-db-2, compact-db-3"):
         stack.require_complete()
-
-
-def test_missing_blocks_are_named_before_anything_runs(prefect_server: None) -> None:
-    name = f"missing-{uuid.uuid4().hex[:8]}"
-    with pytest.raises(ClusterError, match=rf"no .* block named '{name}'.*lifeboat lab blocks"):
-        check_blocks(name)
-    with pytest.raises(ClusterError, match=name):
-        context.StackContext.open(StackSpec.from_yaml(EXAMPLES / "compact.yaml"), name)
 
 
 def test_resource_names_have_one_owner(spec: StackSpec) -> None:
