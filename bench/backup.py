@@ -39,12 +39,12 @@ from fabric import Connection
 
 from blocks.credentials import DigitalOceanCredentials, SpacesCredentials
 from blocks.stack import StackSpec
-from flows import remote as rm
 from flows.cluster import cluster
 from flows.provision import provision
 from lab import lifecycle
 from lab.credentials import save_blocks
 from tasks import backup, droplets, patroni, restore, spaces
+from tasks import context as rm
 from tasks.hosts import Host, put, run
 
 STACK = "kbench"

@@ -273,6 +273,12 @@ class WordPressSpec(_Section):
 
     # The site's name (nginx server_name, WordPress's home); default `<stack>.lifeboat.test`.
     domain: str | None = None
+    # Where WordPress core comes from:
+    # - "release" (default): WordPress and PG4WP downloaded on each droplet from
+    #   `versions` (https URL + SHA-256 pins), for droplets that reach the internet.
+    # - "debian-package": Debian's `wordpress` package (the local cloud, no internet);
+    #   without PG4WP, WordPress itself cannot install on PostgreSQL.
+    source: Literal["release", "debian-package"] = "release"
     versions: WordPressVersions = Field(default_factory=WordPressVersions)
     db_name: str = "wordpress"
     db_user: str = "wordpress"
@@ -440,8 +446,23 @@ class StackSpec(_Section):
         return f"lifeboat:{self.name}"
 
     @property
+    def resource_name(self) -> str:
+        """The name of the stack's VPC, SSH key, firewall, load balancer and etcd cluster
+        token, and of its Spaces bucket unless `backup.bucket` names one."""
+        return f"lifeboat-{self.name}"
+
+    @property
+    def web_firewall_name(self) -> str:
+        return f"{self.resource_name}-web"
+
+    @property
+    def backup_limit_name(self) -> str:
+        """The Prefect global concurrency limit that lets one backup of the stack run."""
+        return f"lifeboat-backup-{self.name}"
+
+    @property
     def bucket(self) -> str:
-        return self.backup.bucket or f"lifeboat-{self.name}"
+        return self.backup.bucket or self.resource_name
 
     @property
     def synchronous_mode(self) -> bool:

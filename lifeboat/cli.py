@@ -21,7 +21,10 @@ app.add_typer(lab_app, name="lab")
 
 SPEC = typer.Option(..., "--spec", help="Stack spec (YAML), e.g. examples/article.yaml.")
 CREDENTIALS = typer.Option(
-    "lab", "--credentials", help='Name of the credentials blocks ("lab": the local cloud).'
+    "lab",
+    "--credentials",
+    help="Name of the credentials blocks to use (`lifeboat lab blocks` saves the local "
+    "cloud's as `lab`).",
 )
 
 
@@ -35,25 +38,23 @@ def _load_spec(path: Path):  # noqa: ANN202 - StackSpec, imported lazily
         raise typer.Exit(2) from None
 
 
-def _lab_blocks(credentials: str) -> None:
-    """`--credentials lab` means the running local cloud: refresh its blocks first."""
-    if credentials != "lab":
-        return
-    from lab import lifecycle
-    from lab.credentials import save_blocks
+def _blocks(credentials: str) -> None:
+    """The credentials blocks named `credentials` must exist: say which is missing, and how
+    to save it, before any run starts."""
+    from tasks.context import ClusterError, check_blocks
 
-    info = lifecycle.info()
-    if not info.get("up"):
-        typer.echo("error: the local cloud is down: run `lifeboat lab up` first", err=True)
-        raise typer.Exit(2)
-    save_blocks(info, credentials)
+    try:
+        check_blocks(credentials)
+    except ClusterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("up")
 def up_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Provision the stack's droplets and build its cluster (a rerun changes nothing)."""
     stack = _load_spec(spec)
-    _lab_blocks(credentials)
+    _blocks(credentials)
     from flows.up import up
 
     result = up(stack, credentials)
@@ -64,7 +65,7 @@ def up_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
 def wordpress_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Roll the web tier out alone, one droplet at a time behind health gates."""
     stack = _load_spec(spec)
-    _lab_blocks(credentials)
+    _blocks(credentials)
     from flows.wordpress import wordpress
 
     result = wordpress(stack, credentials)
@@ -81,7 +82,7 @@ def backup_cmd(
 ) -> None:
     """A base backup to Spaces, cataloged, retention applied, WAL verified to now."""
     stack = _load_spec(spec)
-    _lab_blocks(credentials)
+    _blocks(credentials)
     from flows.backup import backup
 
     typer.echo(json.dumps(backup(stack, credentials, wait), indent=2, default=str))
@@ -91,7 +92,7 @@ def backup_cmd(
 def backup_health_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Fails when WAL archiving lags or the newest backup is older than the schedule allows."""
     stack = _load_spec(spec)
-    _lab_blocks(credentials)
+    _blocks(credentials)
     from flows.backup import backup_health
 
     typer.echo(json.dumps(backup_health(stack, credentials), indent=2, default=str))
@@ -101,7 +102,7 @@ def backup_health_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None
 def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Serve the stack's scheduled runbooks (nightly backup, health checks) until stopped."""
     stack = _load_spec(spec)
-    _lab_blocks(credentials)
+    _blocks(credentials)
     from prefect import serve
 
     from flows.serve import deployments
@@ -113,7 +114,7 @@ def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
 def provision_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Only the cloud resources: droplets, VPC, firewalls, load balancer, bucket."""
     stack = _load_spec(spec)
-    _lab_blocks(credentials)
+    _blocks(credentials)
     from flows.provision import provision
 
     for host in provision(stack, credentials):
@@ -130,7 +131,7 @@ def status_cmd(
 ) -> None:
     """Droplets and roles, etcd health, Patroni members, HAProxy backends."""
     stack = _load_spec(spec)
-    _lab_blocks(credentials)
+    _blocks(credentials)
     from flows.status import stack_status
 
     status = stack_status(stack, credentials)
@@ -202,7 +203,40 @@ def lab_up() -> None:
     from lab import lifecycle
 
     lifecycle.up()
-    _print_status(lifecycle.info())
+    info = lifecycle.info()
+    _print_status(info)
+    try:
+        _save_lab_blocks(info, LAB_BLOCKS)
+    except Exception as exc:  # noqa: BLE001 - the lab is up; the blocks can be saved later
+        typer.echo(
+            f"warning: blocks not saved ({type(exc).__name__}); run `lifeboat lab blocks`",
+            err=True,
+        )
+
+
+LAB_BLOCKS = "lab"
+
+
+def _save_lab_blocks(info: dict, name: str) -> None:
+    from lab.credentials import save_blocks
+
+    save_blocks(info, name)
+    typer.echo(f"blocks   {name} (run with --credentials {name})")
+
+
+@lab_app.command("blocks")
+def lab_blocks(
+    name: str = typer.Option(LAB_BLOCKS, "--name", help="Name to save the blocks under."),
+) -> None:
+    """Save (or refresh) the running local cloud's API token, Spaces keys and SSH key as
+    Lifeboat's credentials blocks under NAME (`lab up` does this for `lab`)."""
+    from lab import lifecycle
+
+    info = lifecycle.info()
+    if not info.get("up"):
+        typer.echo("error: the local cloud is down: run `lifeboat lab up` first", err=True)
+        raise typer.Exit(2)
+    _save_lab_blocks(info, name)
 
 
 @lab_app.command("down")

@@ -8,17 +8,22 @@ import json
 import shlex
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from fabric import Connection
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from tasks import catalog, layout, sql
+from tasks import catalog, layout, patroni, sql, wal
 from tasks.catalog import Backup
-from tasks.hosts import run
+from tasks.hosts import Host, run
 from tasks.patroni import Member
 from tasks.render import DESTINATIONS
+
+if TYPE_CHECKING:
+    from tasks.context import Remote, StackContext
 
 PROGRAM = DESTINATIONS["wal/basebackup.py"][0]
 # A replica this far behind (bytes) is not a good source: its backup would start old.
@@ -265,3 +270,113 @@ def archiver(conn: Connection) -> dict[str, Any]:
         "in_recovery": row[6] == "t",
         "ready": int(ready or 0),
     }
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+def members(remote: Remote, hosts: list[Host]) -> list[Member]:
+    """Patroni's view of the cluster, from the first database droplet that answers."""
+    for host in (h for h in hosts if "postgres" in h.roles):
+        try:
+            with remote.connect(host) as conn:
+                # Live lag: /cluster's DCS positions are up to a loop_wait old, and a
+                # backup follows bursts of WAL (pgbench, the previous backup's switch).
+                found = patroni.with_live_lag(conn, patroni.cluster(conn, host.private_ip))
+            if found:
+                return found
+        except Exception:  # noqa: BLE001, S112 - ask the next member
+            continue
+    raise BackupError("no database droplet answered with Patroni's cluster view")
+
+
+def leader_host(remote: Remote, hosts: list[Host]) -> Host:
+    """The droplet of the current Patroni leader."""
+    leader = next(m for m in members(remote, hosts) if m.is_leader)
+    return next(h for h in hosts if h.name == leader.name)
+
+
+@task(name="pick_source", cache_policy=NO_CACHE, retries=0)
+def pick_source(remote: Remote, hosts: list[Host]) -> tuple[str, str]:
+    name, why = choose_source(members(remote, hosts))
+    log = get_run_logger()
+    (log.warning if "primary" in why else log.info)("backing up from %s: %s", name, why)
+    return name, why
+
+
+@task(name="clear_leftovers", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def clear_leftovers_task(stack: StackContext) -> list[str]:
+    return clear_leftovers(stack.s3, stack.spec.bucket, stack.spec.name)
+
+
+# No retry: a cut-off backup leaves nothing cataloged; the next run starts afresh.
+@task(name="take", cache_policy=NO_CACHE, retries=0)
+def take_task(remote: Remote, hosts: list[Host], source: Host) -> dict:
+    leader = leader_host(remote, hosts)
+    if leader.name != source.name:
+        with remote.connect(leader) as conn:
+            checkpoint(conn)
+    with remote.connect(source) as conn:
+        return take(conn, new_id())
+
+
+@task(name="record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def record(stack: StackContext, facts: dict, source: str, why: str) -> dict:
+    s3, spec = stack.s3, stack.spec
+    manifest = write_manifest(s3, spec.bucket, spec.name, facts, source=source, source_why=why)
+    entries, _ = read_catalog(s3, spec.bucket, spec.name)
+    if manifest["id"] not in {e.backup.id for e in entries}:
+        raise BackupError(f"backup {manifest['id']} was written but is not in the catalog")
+    return manifest
+
+
+@task(name="verify_wal", cache_policy=NO_CACHE, retries=0)
+def verify_wal(stack: StackContext, manifest: dict) -> dict:
+    """On the primary: close the current segment and wait for it to be archived; then
+    every segment from the backup's start to it must be in the archive."""
+    with stack.remote.connect(leader_host(stack.remote, stack.hosts)) as conn:
+        last = wal.verify_archiving(conn, timeout=300)
+    needed, missing = wal_gaps(stack.s3, stack.spec.bucket, stack.spec.name, manifest, last)
+    if missing:
+        raise BackupError(
+            f"backup {manifest['id']}: {len(missing)} of {len(needed)} WAL segments from its "
+            f"start to {last} are not in the archive: {', '.join(missing[:10])}"
+        )
+    return {"first": needed[0], "last": needed[-1], "segments": len(needed)}
+
+
+@task(name="retention", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def retention(stack: StackContext) -> dict:
+    spec = stack.spec
+    return apply_retention(
+        stack.s3, spec.bucket, spec.name, spec.backup.retention_count, spec.backup.retention_days
+    )
+
+
+@task(name="first_backup_needed", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def first_backup_needed(stack: StackContext) -> bool:
+    """Whether the catalog lacks a backup of the running cluster (by system identifier):
+    `up` takes one then, and only then, so a rerun of `up` adds none."""
+    with stack.remote.connect(leader_host(stack.remote, stack.hosts)) as conn:
+        system_id = system_identifier(conn)
+    entries, _ = read_catalog(stack.s3, stack.spec.bucket, stack.spec.name)
+    return not any(e.backup.system_id == system_id for e in entries)
+
+
+@task(name="archiver_state", cache_policy=NO_CACHE, retries=0)
+def archiver_state(remote: Remote, hosts: list[Host]) -> tuple[str, dict[str, Any]]:
+    """The leader's name and its pg_stat_archiver (see `archiver`)."""
+    leader = leader_host(remote, hosts)
+    with remote.connect(leader) as conn:
+        return leader.name, archiver(conn)
+
+
+@task(name="catalog_state", cache_policy=NO_CACHE, retries=0)
+def catalog_state(stack: StackContext) -> tuple[list[Entry] | None, list[str]]:
+    """The catalog's entries and problems; None and the reason when it cannot be read (one
+    attempt: a health check reports Spaces away rather than waiting it out)."""
+    s3 = stack.s3_with(retries={"max_attempts": 1})
+    try:
+        return read_catalog(s3, stack.spec.bucket, stack.spec.name)
+    except (BotoCoreError, ClientError) as exc:
+        return None, [f"the backup catalog cannot be read: {exc}"]

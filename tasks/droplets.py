@@ -4,17 +4,23 @@ creates only what is missing."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydo
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from blocks.credentials import DigitalOceanCredentials
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import digitalocean
 from tasks.hosts import Host
+
+if TYPE_CHECKING:
+    from tasks.context import StackContext
 
 
 class CloudError(RuntimeError):
@@ -145,14 +151,14 @@ def ensure_ssh_key(do: pydo.Client, spec: StackSpec, public_key: str) -> tuple[i
     for key in paged(do.ssh_keys.list, "ssh_keys"):
         if key["public_key"].split()[:2] == public_key.split()[:2]:
             return key["id"], "unchanged"
-    body = {"name": f"lifeboat-{spec.name}", "public_key": public_key}
+    body = {"name": spec.resource_name, "public_key": public_key}
     return call("registering the SSH key", do.ssh_keys.create, body=body)["ssh_key"][
         "id"
     ], "created"
 
 
 def ensure_vpc(do: pydo.Client, spec: StackSpec) -> tuple[dict, str]:
-    name = f"lifeboat-{spec.name}"
+    name = spec.resource_name
     for vpc in paged(do.vpcs.list, "vpcs"):
         if vpc["name"] == name:
             if vpc["ip_range"] != spec.vpc_cidr or vpc["region"] != spec.region:
@@ -216,7 +222,7 @@ def _firewalls(spec: StackSpec, droplets: list[dict], lb_id: str | None) -> list
     ]
     walls = [
         {
-            "name": f"lifeboat-{spec.name}",
+            "name": spec.resource_name,
             "tags": [spec.stack_tag],
             "droplet_ids": [],
             "inbound_rules": inbound,
@@ -227,7 +233,7 @@ def _firewalls(spec: StackSpec, droplets: list[dict], lb_id: str | None) -> list
     if web and lb_id:
         walls.append(
             {
-                "name": f"lifeboat-{spec.name}-web",
+                "name": spec.web_firewall_name,
                 "tags": [],
                 "droplet_ids": sorted(web),
                 "inbound_rules": [
@@ -289,7 +295,7 @@ def ensure_load_balancer(
     web = sorted(by_name[n.name] for n in spec.nodes_with("wordpress") if n.name in by_name)
     if not web:
         return None, "unchanged"
-    name = f"lifeboat-{spec.name}"
+    name = spec.resource_name
     want = {
         "name": name,
         "region": spec.region,
@@ -335,7 +341,7 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
     """Everything the stack owns in the cloud: droplets (by tag), load balancer, firewalls,
     then the VPC once it is empty, then the stack's tag. Returns what was removed."""
     gone = []
-    names = {f"lifeboat-{spec.name}", f"lifeboat-{spec.name}-web"}
+    names = {spec.resource_name, spec.web_firewall_name}
     for lb in paged(do.load_balancers.list, "load_balancers"):
         if lb["name"] in names:
             call(f"deleting load balancer {lb['name']}", do.load_balancers.delete, lb_id=lb["id"])
@@ -349,7 +355,7 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
         call("destroying droplets", do.droplets.destroy_by_tag, tag_name=spec.stack_tag)
         gone += [f"droplet {d['name']}" for d in doomed]
     for vpc in paged(do.vpcs.list, "vpcs"):
-        if vpc["name"] != f"lifeboat-{spec.name}":
+        if vpc["name"] != spec.resource_name:
             continue
         try:
             wait_until(
@@ -365,3 +371,49 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
     if any(t["name"] == spec.stack_tag for t in paged(do.tags.list, "tags")):
         call(f"deleting tag {spec.stack_tag}", do.tags.delete, tag_id=spec.stack_tag)
     return gone
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="check_account", cache_policy=NO_CACHE)  # no retries: a bad token or spec stays bad
+def check_account(stack: StackContext) -> None:
+    """Token (checked when the context opened), droplet limit and spec checked before
+    anything is created."""
+    do, spec = stack.do, stack.spec
+    check_droplet_limit(do, spec, stack.account)
+    regions = {r["slug"] for r in paged(do.regions.list, "regions") if r["available"]}
+    sizes = {s["slug"] for s in paged(do.sizes.list, "sizes") if s["available"]}
+    spec.check_catalog(regions, sizes)
+
+
+@task(name="cloud_resources", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def cloud_resources(stack: StackContext) -> dict[str, str]:
+    do, spec = stack.do, stack.spec
+    outcome = {"tags": ensure_tags(do, spec)}
+    key_id, outcome["ssh key"] = ensure_ssh_key(do, spec, stack.public_key)
+    vpc, outcome["vpc"] = ensure_vpc(do, spec)
+    created = create_missing_droplets(do, spec, vpc["id"], key_id)
+    outcome["droplets"] = f"created {len(created)}" if created else "unchanged"
+    active = wait_active(do, spec, {n.name for n in spec.nodes()})
+    lb, outcome["load balancer"] = ensure_load_balancer(do, spec, active, vpc["id"])
+    outcome["firewalls"] = ensure_firewalls(do, spec, active, lb["id"] if lb else None)
+    return outcome
+
+
+@task(name="verify", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def verify(stack: StackContext) -> list[Host]:
+    """Every planned droplet active, on the stack's VPC, behind its firewall."""
+    do, spec = stack.do, stack.spec
+    hosts = inventory(do, spec)
+    missing = {n.name for n in spec.nodes()} - {h.name for h in hosts}
+    if missing:
+        raise CloudError(f"droplets missing or not active: {', '.join(sorted(missing))}")
+    vpc = ipaddress.ip_network(spec.vpc_cidr)
+    outside = [h.name for h in hosts if ipaddress.ip_address(h.private_ip) not in vpc]
+    if outside:
+        raise CloudError(f"droplets outside {vpc}: {', '.join(outside)}")
+    walls = {f["name"] for f in paged(do.firewalls.list, "firewalls")}
+    if spec.resource_name not in walls:
+        raise CloudError(f"firewall {spec.resource_name} is missing")
+    return hosts

@@ -12,13 +12,19 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fabric import Connection
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
+
+if TYPE_CHECKING:
+    from tasks.context import Remote
 
 DATA_DIR = "/var/lib/etcd/default"
 MARKER = "/var/lib/etcd/lifeboat-cluster"
@@ -31,7 +37,7 @@ class EtcdError(RuntimeError):
 
 
 def cluster_token(spec: StackSpec) -> str:
-    return f"lifeboat-{spec.name}"
+    return spec.resource_name
 
 
 def members(hosts: list[Host]) -> dict[str, str]:
@@ -199,3 +205,49 @@ def wait_healthy(conn: Connection, expected: dict[str, str], timeout: float = 12
         return wait_until("a healthy etcd cluster", healthy, timeout, every=2)
     except WaitTimeout as e:
         raise EtcdError(f"etcd not healthy after {timeout:.0f}s: {e.last}") from e
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="etcd_configure", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def configure_member(remote: Remote, host: Host, spec: StackSpec, members: dict) -> dict:
+    with remote.connect(host) as conn:
+        return configure(conn, host, spec, members)
+
+
+# Waits for the cluster to converge: retrying would only wait longer; fail with the reason.
+@task(name="etcd_converge", cache_policy=NO_CACHE, retries=0)
+def converge(remote: Remote, hosts: list[Host], configured: dict, members: dict) -> dict:
+    """Start new or stopped members together (a new member's start completes only with a
+    quorum); restart members whose config changed one at a time, each back to healthy
+    before the next. Then: every member healthy, exactly one leader."""
+    started, restarted = [], []
+    for host in hosts:
+        state = configured[host.name]
+        if state["wiped"] or not state["active"]:
+            with remote.connect(host) as conn:
+                start(conn)
+            started.append(host.name)
+    with remote.connect(hosts[0]) as conn:
+        wait_healthy(conn, members, timeout=180)
+    for host in hosts:
+        state = configured[host.name]
+        if state["config_changed"] and host.name not in started:
+            with remote.connect(host) as conn:
+                restart(conn)
+                wait_healthy(conn, members, timeout=120)
+            restarted.append(host.name)
+    with remote.connect(hosts[0]) as conn:
+        health = wait_healthy(conn, members, timeout=60)
+    return {"started": started, "restarted": restarted, "health": health.as_dict()}
+
+
+@task(name="etcd_verify", cache_policy=NO_CACHE, retries=0)
+def verify(remote: Remote, host: Host, members: dict) -> EtcdHealth:
+    """Every member healthy and one leader, asked on `host`; an EtcdError otherwise."""
+    with remote.connect(host) as conn:
+        health = check(conn, members)
+    if not health.ok:
+        raise EtcdError(f"etcd after the run: {'; '.join(health.problems)}")
+    return health

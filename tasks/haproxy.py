@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import TYPE_CHECKING
 
 from fabric import Connection
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
+from blocks.secrets import HAPROXY_STATS, POSTGRES_SUPERUSER
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
 from tasks.sql import psql, through_haproxy
+
+if TYPE_CHECKING:
+    from tasks.context import Remote, Secrets
 
 LIVE, OWNER, MODE = DESTINATIONS["haproxy/haproxy.cfg.j2"]
 STAGED = LIVE + ".lifeboat"
@@ -188,3 +195,26 @@ def verify_routing(conn: Connection, spec: StackSpec, replicas: bool = True) -> 
 
 def haproxy_status(conn: Connection) -> dict[str, dict[str, str]]:
     return backends(conn)
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="haproxy_configure", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def configure_member(
+    remote: Remote, host: Host, spec: StackSpec, postgres_nodes: dict, secrets: Secrets
+) -> dict:
+    with remote.connect(host) as conn:
+        return configure(conn, host, spec, postgres_nodes, secrets[HAPROXY_STATS])
+
+
+@task(name="haproxy_verify", cache_policy=NO_CACHE, retries=0)
+def verify(
+    remote: Remote, host: Host, spec: StackSpec, leader: str, replicas: list, secrets: Secrets
+) -> dict:
+    """Backends as Patroni says they should be, then real connections through the ports."""
+    with remote.connect(host) as conn:
+        backends = wait_backends(conn, leader, replicas, timeout=60)
+        place_pgpass(conn, spec, secrets[POSTGRES_SUPERUSER])
+        routing = verify_routing(conn, spec, replicas=bool(replicas))
+    return {"backends": backends, "routing": routing}

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fabric import Connection
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tasks import sql
-from tasks.hosts import run
+from tasks import etcd, haproxy, sql
+from tasks.hosts import Host, run
+
+if TYPE_CHECKING:
+    from tasks.context import Remote
 
 MANIFEST = Path(__file__).resolve().parent / "packages.txt"
 APT_TIMEOUT = 900
@@ -96,3 +102,23 @@ def drop_default_cluster(conn: Connection) -> bool:
         )
     run(conn, f"pg_dropcluster --stop {version} {name}", timeout=120)
     return True
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="prepare", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def prepare(remote: Remote, host: Host) -> dict:
+    """Packages from the manifest; Debian's default PostgreSQL cluster dropped; Debian's
+    default etcd / HAProxy stopped where the host has no such role."""
+    done = []
+    with remote.connect(host) as conn:
+        if install_packages(conn):
+            done.append("packages installed")
+        if drop_default_cluster(conn):
+            done.append("dropped Debian's 15/main cluster")
+        if "etcd" not in host.roles and etcd.disable(conn):
+            done.append("stopped unused etcd")
+        if "haproxy" not in host.roles and haproxy.disable(conn):
+            done.append("stopped unused haproxy")
+    return {"changed": bool(done), "detail": ", ".join(done)}

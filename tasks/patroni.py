@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from fabric import Connection
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
@@ -25,6 +29,9 @@ from tasks.etcd import ETCDCTL, endpoints
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
 from tasks.wheelhouse import VENV, install_patroni
+
+if TYPE_CHECKING:
+    from tasks.context import Remote, Secrets
 
 CONFIG = DESTINATIONS["patroni/patroni.yml.j2"][0]
 UNIT = DESTINATIONS["patroni/patroni.service.j2"][0]
@@ -432,3 +439,175 @@ class StartReport:
     started: list[str] = field(default_factory=list)
     reloaded: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="patroni_configure", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def configure_member(
+    remote: Remote, host: Host, spec: StackSpec, etcd_ips: list, secrets: Secrets, wheels: Path
+) -> dict:
+    with remote.connect(host) as conn:
+        return configure(conn, host, spec, etcd_ips, secrets.reveal(), wheels)
+
+
+# The waits for the cluster to converge: retrying would only wait longer; fail with the reason.
+@task(name="patroni_converge", cache_policy=NO_CACHE, retries=0)
+def converge(
+    remote: Remote, hosts: list[Host], spec: StackSpec, etcd_ips: list, configured: dict
+) -> dict:
+    """First run: the first postgres host bootstraps alone and must lead before the others
+    start (and clone from it). Later runs: start what is stopped, reload (SIGHUP, no
+    PostgreSQL restart) what got a new patroni.yml, restart (replicas first) what got a
+    new unit. Ends when one leader runs and every replica streams with zero lag."""
+    report = StartReport()
+    first = hosts[0]
+    with remote.connect(first) as conn:
+        bootstrapped = initialized(conn, spec, etcd_ips)
+    pending = [h for h in hosts if not configured[h.name]["active"]]
+    if not bootstrapped:
+        with remote.connect(first) as conn:
+            if first in pending:
+                start(conn)
+                pending.remove(first)
+            wait_primary(conn, first.private_ip, timeout=300)
+        report.bootstrapped = first.name
+    for host in pending:
+        with remote.connect(host) as conn:
+            start(conn)
+        report.started.append(host.name)
+    # Members that were already running before this run: new unit -> restart, new yml -> HUP.
+    running = [h for h in hosts if configured[h.name]["active"]]
+    for host in running:
+        if configured[host.name]["config_changed"] and not configured[host.name]["unit_changed"]:
+            with remote.connect(host) as conn:
+                reload(conn)
+            report.reloaded.append(host.name)
+    to_restart = {h.name for h in running if configured[h.name]["unit_changed"]}
+    expected = [h.name for h in hosts]
+    if to_restart:
+        with remote.connect(first) as conn:
+            members = wait_healthy(
+                conn, first.private_ip, expected, spec.synchronous_mode, timeout=420
+            )
+        by_name = {h.name: h for h in hosts}
+        for name in restart_order(members, only_pending=False):
+            if name not in to_restart:
+                continue
+            with remote.connect(by_name[name]) as conn:
+                restart_service(conn)
+                wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, timeout=300)
+            report.restarted.append(name)
+    with remote.connect(first) as conn:
+        members = wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, timeout=420)
+    return {"report": report.__dict__, "members": [m.__dict__ for m in members]}
+
+
+@task(name="patroni_parameters", cache_policy=NO_CACHE, retries=0)
+def apply_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, restart: bool) -> dict:
+    """Patch the DCS to the spec's dynamic configuration; wait until every member runs with
+    each changed parameter or reports it pending a restart; with `restart`, restart the
+    pending members one at a time, replicas first, the leader last."""
+    log = get_run_logger()
+    first = hosts[0]
+    expected = [h.name for h in hosts]
+    with remote.connect(first) as conn:
+        patch = apply_dynamic(conn, spec)
+    params = changed_parameters(patch)
+    if patch:
+        _wait_reloaded(remote, hosts, spec, {k: v for k, v in params.items() if v is not None})
+    members = _live_pending(remote, hosts)
+    pending = [m.name for m in members if m.pending_restart]
+    restarted = []
+    if pending and restart:
+        by_name = {h.name: h for h in hosts}
+        for name in restart_order(members):
+            with remote.connect(by_name[name]) as conn:
+                log.info("restarting %s (pending restart)", name)
+                restart_member(conn, spec, name)
+                wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, timeout=300)
+            restarted.append(name)
+        pending = [m.name for m in _live_pending(remote, hosts) if m.pending_restart]
+    elif pending:
+        log.warning(
+            "PostgreSQL restart pending on %s: rerun with restart=True to restart them one at "
+            "a time, replicas first",
+            ", ".join(pending),
+        )
+    return {
+        "dcs_changed": sorted(_flatten(patch)),
+        "parameters": params,
+        "pending_restart": pending,
+        "restarted": restarted,
+    }
+
+
+def _wait_reloaded(remote: Remote, hosts: list[Host], spec: StackSpec, wanted: dict) -> None:
+    """Wait until every member has taken the new DCS configuration: each parameter with a
+    value in effect or pending a restart, and two Patroni loops gone by (a value that was
+    already in effect, or a removed parameter, says nothing about whether Patroni has
+    reloaded and recomputed pending_restart yet)."""
+    now = time.monotonic()
+    deadline = now + 20 + 4 * spec.patroni.loop_wait
+    settle = now + 2 * spec.patroni.loop_wait + 2
+    late: dict[str, list[str]] = {}
+    for host in hosts:
+        waiting: list[str] = []
+        with remote.connect(host) as conn:
+
+            def taken(
+                conn: Connection = conn, ip: str = host.private_ip, waiting: list = waiting
+            ) -> bool:
+                pending = member_info(conn, ip)["pending_restart"]
+                states = parameter_states(conn, wanted, pending)
+                waiting[:] = [p for p, st in states.items() if st == "waiting"]
+                if waiting:
+                    raise NotYet(f"not in effect nor pending a restart: {', '.join(waiting)}")
+                if time.monotonic() < settle:
+                    raise NotYet("two Patroni loops have not gone by yet")
+                return True
+
+            # A late member is reported below, with every other late member.
+            with suppress(WaitTimeout):
+                wait_until(
+                    f"{host.name} to take the new dynamic configuration",
+                    taken,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    every=1,
+                )
+        if waiting:
+            late[host.name] = waiting
+    if late:
+        raise PatroniError(f"parameters not applied after the DCS change: {late}")
+
+
+def _live_pending(remote: Remote, hosts: list[Host]) -> list[Member]:
+    """Members with roles from /cluster and pending_restart from each member's own
+    GET /patroni (the copy in the DCS lags by up to a loop)."""
+    with remote.connect(hosts[0]) as conn:
+        members = cluster(conn, hosts[0].private_ip)
+    live = {}
+    for host in hosts:
+        with remote.connect(host) as conn:
+            live[host.name] = member_info(conn, host.private_ip)["pending_restart"]
+    return [replace(m, pending_restart=live.get(m.name, False)) for m in members]
+
+
+def _flatten(patch: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in patch.items():
+        if isinstance(value, dict):
+            keys += _flatten(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+@task(name="patroni_verify", cache_policy=NO_CACHE, retries=0)
+def verify(remote: Remote, hosts: list[Host], spec: StackSpec, timeout: float = 120) -> list:
+    """The cluster as it is now: one leader, every replica streaming with zero lag."""
+    with remote.connect(hosts[0]) as conn:
+        return wait_healthy(
+            conn, hosts[0].private_ip, [h.name for h in hosts], spec.synchronous_mode, timeout
+        )

@@ -7,6 +7,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from blocks.credentials import SpacesCredentials
 
@@ -37,8 +39,7 @@ def s3_client(creds: SpacesCredentials, **config_overrides: Any):  # noqa: ANN20
     )
 
 
-def ensure_bucket(creds: SpacesCredentials, bucket: str) -> str:
-    s3 = s3_client(creds)
+def ensure_bucket(s3: Any, bucket: str) -> str:  # noqa: ANN401 - a boto3 S3 client
     outcome = "unchanged"
     try:
         s3.head_bucket(Bucket=bucket)
@@ -71,3 +72,9 @@ def ensure_bucket(creds: SpacesCredentials, bucket: str) -> str:
         )
         outcome = "updated" if outcome == "unchanged" else outcome
     return outcome
+
+
+@task(name="bucket", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def bucket(s3: Any, name: str) -> str:  # noqa: ANN401 - a boto3 S3 client
+    """The stack's bucket exists, with its lifecycle rule: created, updated or unchanged."""
+    return ensure_bucket(s3, name)

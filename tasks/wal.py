@@ -4,13 +4,20 @@ Placed and started before Patroni, so the first segment a new cluster archives f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fabric import Connection
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import sql
-from tasks.hosts import put, run
+from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, TEMPLATES, render
+
+if TYPE_CHECKING:
+    from tasks.context import Remote, Secrets
 
 UNIT = "lifeboat-wal-agent"
 # Debian's bundle includes whatever CA the droplet trusts (the lab CA in the local cloud).
@@ -81,3 +88,19 @@ def verify_archiving(conn: Connection, timeout: float = 90) -> str:
             f"({e.last}); see `journalctl -u {UNIT}` there"
         ) from e
     return target
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="wal_configure", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def configure_member(remote: Remote, host: Host, spec: StackSpec, spaces: Secrets) -> bool:
+    with remote.connect(host) as conn:
+        return configure(conn, spec, spaces.reveal())
+
+
+@task(name="wal_verify", cache_policy=NO_CACHE, retries=0)
+def verify(remote: Remote, leader: Host, timeout: float = 90) -> str:
+    """The current segment closed on the primary and archived: its name."""
+    with remote.connect(leader) as conn:
+        return verify_archiving(conn, timeout=timeout)

@@ -16,6 +16,8 @@ import tarfile
 from pathlib import Path
 
 from fabric import Connection
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.hosts import run
 
@@ -95,3 +97,8 @@ def install_patroni(conn: Connection, wheels: Path) -> bool:
     if installed_version(conn) != wanted:
         raise RuntimeError(f"Patroni {wanted} did not install on {conn.host}")
     return True
+
+
+@task(name="wheelhouse", cache_policy=NO_CACHE, retries=1)
+def wheelhouse() -> Path:
+    return build_wheelhouse()

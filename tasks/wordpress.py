@@ -2,13 +2,14 @@
 wp-config.php, Lifeboat's health endpoint; the WordPress database and role on the primary;
 the load balancer's membership during a rollout.
 
-Two sources of WordPress core:
-- "download" (DigitalOcean): WordPress and PG4WP fetched on the droplet from their pinned
+Two sources of WordPress core, chosen by the spec's `wordpress.source`:
+- "release" (DigitalOcean): WordPress and PG4WP fetched on the droplet from their pinned
   URLs, checked against their pinned SHA-256 before anything is unpacked
   (templates/wordpress/fetch-release.sh), assembled into
   /var/www/lifeboat/releases/wordpress-<v>-pg4wp-<v>, switched in by a symlink.
-- "debian" (the local cloud, which has no internet): Debian's `wordpress` package from the
-  image; PG4WP is absent, so WordPress itself cannot install on PostgreSQL there.
+- "debian-package" (e.g. the local cloud, which has no internet): Debian's `wordpress`
+  package from the image; PG4WP is absent, so WordPress itself cannot install on
+  PostgreSQL there.
 Either way nginx serves /var/www/lifeboat/wordpress (a symlink to the release).
 
 Every secret reaches the droplet in a file placed by `put`, never on a command line.
@@ -19,24 +20,31 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import TYPE_CHECKING
 
 import pydo
 from fabric import Connection
 from invoke.runners import Result
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
+from blocks.secrets import POSTGRES_SUPERUSER, WORDPRESS_DB, WORDPRESS_SALTS
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import curl, droplets
-from tasks.haproxy import PGPASS
+from tasks.haproxy import PGPASS, place_pgpass
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
 from tasks.sql import literal, psql, through_haproxy
 
-LAB = "lab"
+if TYPE_CHECKING:
+    from tasks.context import StackContext
+
 PHP_FPM = "php8.2-fpm"  # Debian 12's
 PHP_SOCKET = "/run/php/php8.2-fpm.sock"
 SERVICES = ("nginx", PHP_FPM)
@@ -61,17 +69,17 @@ class WordPressError(RuntimeError):
     pass
 
 
-def offline(credentials: str) -> bool:
-    """The local cloud has no internet: WordPress core from Debian's package, no PG4WP."""
-    return credentials == LAB
+def debian_package(spec: StackSpec) -> bool:
+    """WordPress core from Debian's package, no PG4WP (`wordpress.source`)."""
+    return spec.wordpress.source == "debian-package"
 
 
-def source_note(spec: StackSpec, credentials: str) -> str:
+def source_note(spec: StackSpec) -> str:
     v = spec.wordpress.versions
-    if offline(credentials):
+    if debian_package(spec):
         return (
-            "local cloud: WordPress core comes from Debian's `wordpress` package in the image "
-            f"and PG4WP {v.pg4wp.version} is absent (no internet here), so WordPress itself "
+            "wordpress.source debian-package: WordPress core comes from Debian's `wordpress` "
+            f"package in the image and PG4WP {v.pg4wp.version} is absent, so WordPress itself "
             "cannot install on PostgreSQL in this stack; nginx, php-fpm, wp-config.php, the "
             "database and role and the health endpoint (a write and a read through HAProxy) "
             "are still deployed and checked"
@@ -105,8 +113,8 @@ def release_dir(spec: StackSpec) -> str:
     return f"{RELEASES}/wordpress-{v.wordpress.version}-pg4wp-{v.pg4wp.version}"
 
 
-def core_dir(spec: StackSpec, credentials: str) -> str:
-    return DEBIAN_CORE if offline(credentials) else release_dir(spec)
+def core_dir(spec: StackSpec) -> str:
+    return DEBIAN_CORE if debian_package(spec) else release_dir(spec)
 
 
 def db_address(spec: StackSpec, host: Host, haproxy_hosts: list[Host]) -> tuple[str, int]:
@@ -196,12 +204,11 @@ def site_files(
     spec: StackSpec,
     host: Host,
     haproxy_hosts: list[Host],
-    credentials: str,
     password: str,
     salts: dict[str, str],
 ) -> list[File]:
     """Every file the web tier places on `host`."""
-    debian = offline(credentials)
+    debian = debian_package(spec)
     db_host, port = db_address(spec, host, haproxy_hosts)
     dsn_host = f"{db_host}:{port}"
     if debian:
@@ -554,7 +561,7 @@ def _sql_str(value: str) -> str:
 
 
 def load_balancer(do: pydo.Client, spec: StackSpec) -> dict:
-    name = f"lifeboat-{spec.name}"
+    name = spec.resource_name
     for lb in droplets.paged(do.load_balancers.list, "load_balancers"):
         if lb["name"] == name:
             return lb
@@ -608,3 +615,99 @@ def wait_lb_routes_to(lb: dict, name: str, timeout: float = 90) -> str:
             "its own health endpoint passed: the load balancer cannot reach it on port 80 "
             f"(web firewall, routing) or keeps it marked down; last answer {e.last}"
         ) from e
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="database", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def database(stack: StackContext, host: Host) -> list[str]:
+    """The WordPress database and role, on the primary through HAProxy on `host`."""
+    secrets = stack.wordpress_secrets
+    with stack.remote.connect(host) as conn:
+        place_pgpass(conn, stack.spec, secrets[POSTGRES_SUPERUSER])
+        return prepare_database(conn, stack.spec, secrets[WORDPRESS_DB])
+
+
+# Gates: retrying would only wait longer or redo a half rollout; fail with the reason.
+@task(name="roll_one", cache_policy=NO_CACHE, retries=0)
+def roll_one(stack: StackContext, lb: dict, host: Host) -> dict:
+    """One droplet through the gate. Returns {"outcome", "seconds"}."""
+    log = get_run_logger()
+    t0 = time.monotonic()
+    spec, do, secrets = stack.spec, stack.do, stack.wordpress_secrets
+    salts = {k: secrets[k] for k in WORDPRESS_SALTS}
+    files = site_files(spec, host, stack.with_role("haproxy"), secrets[WORDPRESS_DB], salts)
+    target = core_dir(spec)
+    in_lb = host.droplet_id in lb_members(do, lb["id"])
+    with stack.remote.connect(host) as conn:
+        differs = drift(conn, files, target)
+        if not differs and in_lb:
+            wait_local_health(conn, spec, host.name, timeout=15)
+            return {"outcome": "unchanged", "seconds": round(time.monotonic() - t0, 1)}
+        if differs:
+            log.info(
+                "%s differs (%s): out of the load balancer to deploy", host.name, differs.describe()
+            )
+            if in_lb:
+                lb_remove(do, lb["id"], host.droplet_id)
+        try:
+            fetch = not debian_package(spec)
+            done = deploy(conn, spec, files, target, fetch) if differs else []
+            wait_local_health(conn, spec, host.name)
+        except WordPressError as exc:
+            # The droplet stays out of the load balancer; the ones before it serve.
+            raise WordPressError(
+                f"rollout stopped at {host.name}, left out of the load balancer: {exc}"
+            ) from None
+
+    lb_add(do, lb["id"], host.droplet_id)
+    wait_lb_routes_to(lb, host.name)
+    what = "; ".join(done) if done else "put back in the load balancer"
+    return {"outcome": f"changed: {what}", "seconds": round(time.monotonic() - t0, 1)}
+
+
+@task(name="verify_site", cache_policy=NO_CACHE, retries=0)
+def verify_site(lb: dict, spec: StackSpec) -> dict[str, str]:
+    """Through the load balancer's address: the health endpoint (a write and a read
+    through HAProxy), wp-config never served, static files cached long; and what
+    WordPress core answers."""
+    base = f"http://{lb['ip']}"
+    code, headers, body = http_get(lb_health_url(lb))
+    healthy, said = parse_health(code, body)
+    if not healthy:
+        raise WordPressError(f"health endpoint through the load balancer: {said}")
+    if "no-store" not in headers.get("cache-control", ""):
+        raise WordPressError("the health endpoint is cacheable (no Cache-Control: no-store)")
+    result = {"health": f"{said} via {base}"}
+    for path in ("/wp-config.php", "/wp-config-sample.php", "/.htaccess"):
+        code, _, _ = http_get(base + path)
+        if code != 403:
+            raise WordPressError(f"{base}{path} answered {code}, expected 403")
+    result["denied"] = "wp-config*.php and dotfiles answer 403"
+    code, headers, _ = http_get(f"{base}/wp-includes/css/dashicons.min.css")
+    if code != 200 or "max-age=31536000" not in headers.get("cache-control", ""):
+        raise WordPressError(
+            f"static asset answered {code} with Cache-Control {headers.get('cache-control')!r}"
+        )
+    result["static"] = "served with a one-year Cache-Control"
+    result["wordpress"] = _core_answer(base, spec)
+    return result
+
+
+def _core_answer(base: str, spec: StackSpec) -> str:
+    """What `/` says. Without PG4WP (Debian's package) wp-config.php refuses with 503 before
+    WordPress would speak MySQL to PostgreSQL: proof the request went through nginx,
+    php-fpm and WordPress's config loader to our wp-config.php, and no further. With PG4WP,
+    a fresh site answers (or redirects to its installer)."""
+    code, _, body = http_get(base + "/")
+    if debian_package(spec):
+        if code == 503 and "PG4WP" in body:
+            return (
+                "WordPress core (Debian's package) served; wp-config.php loaded and stops at "
+                "the missing PG4WP (503)"
+            )
+        raise WordPressError(f"/ did not reach wp-config.php: HTTP {code}: {body[:200]!r}")
+    if code in (200, 301, 302):
+        return f"WordPress answers HTTP {code}"
+    raise WordPressError(f"WordPress answered / with HTTP {code}: {body[:200]!r}")

@@ -125,7 +125,7 @@ def stack(stacks: dict, name: str) -> tuple[StackSpec, dict]:
 
 def cluster_members(spec: StackSpec, credentials: str) -> list[patroni.Member]:
     """Patroni's view of the stack's cluster, asked on its first database droplet."""
-    from flows import remote as rm
+    from tasks import context as rm
 
     hosts, remote = rm.load(spec, credentials)
     db = next(h for h in hosts if "postgres" in h.roles)
@@ -144,7 +144,7 @@ def healthy_cluster(
     """Wait until the stack's cluster is what the runbooks promise (one running leader,
     every replica streaming on its timeline and caught up by its live lag, a synchronous
     standby when asked for): the runbook's own wait, `patroni.wait_healthy`."""
-    from flows import remote as rm
+    from tasks import context as rm
 
     hosts, remote = rm.load(spec, credentials)
     db = next(h for h in hosts if "postgres" in h.roles)

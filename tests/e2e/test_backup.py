@@ -15,12 +15,12 @@ import pytest
 
 from blocks.credentials import SpacesCredentials
 from blocks.stack import StackSpec
-from flows import remote as rm
 from flows.backup import BackupRefused, backup, backup_health
 from flows.status import stack_status
 from lab import faults
 from tasks import backup as bk
 from tasks import catalog, restore, wal
+from tasks import context as rm
 from tasks.hosts import run
 from tasks.spaces import s3_client
 from tests.e2e.conftest import EXAMPLES, cluster_members, leader, stack, wait_for

@@ -19,10 +19,11 @@ from blocks.secrets import cluster_secrets
 from blocks.stack import StackSpec
 from flows.cluster import cluster
 from flows.provision import provision
-from flows.status import parse_show, stack_status
+from flows.status import stack_status
 from lifeboat.waiting import NotYet
 from tasks.droplets import destroy_stack, inventory
 from tasks.hosts import Host, run
+from tasks.probes import parse_show
 from tests.e2e.conftest import ssh, wait_for
 from tests.e2e.secrets_scan import leaks, readable_texts
 

@@ -10,10 +10,10 @@ import pytest
 
 from blocks.credentials import SpacesCredentials
 from blocks.secrets import POSTGRES_SUPERUSER, cluster_secrets
-from flows import remote as rm
 from flows.status import stack_status
 from flows.up import up
 from lab import faults
+from tasks import context as rm
 from tasks import haproxy, patroni, wal
 from tasks.hosts import put, run
 from tasks.spaces import s3_client

@@ -13,8 +13,8 @@ import time
 import pydo
 import pytest
 
-from flows import remote as rm
 from flows.wordpress import wordpress
+from tasks import context as rm
 from tasks import patroni
 from tasks import wordpress as wp
 from tasks.hosts import Host, run

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from blocks.stack import StackSpec
-from flows.remote import Remote, Secrets
-from flows.status import parse_show
 from tasks import etcd, guc, haproxy, packages, patroni
+from tasks.context import Remote, Secrets
 from tasks.hosts import load_private_key
+from tasks.probes import parse_show
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -41,11 +41,15 @@ def test_site_files_point_at_haproxy(spec: StackSpec, article: StackSpec) -> Non
     lone = Host("w", 1, "198.18.0.9", "10.10.0.9", ("wordpress",))
     ha = Host("h", 2, "198.18.0.8", "10.10.0.8", ("haproxy",))
     assert wp.db_address(article, lone, [ha]) == ("10.10.0.8", 5000)
-    files = {f.path: f for f in wp.site_files(article, lone, [ha], "lab", "pw", SALTS)}
+    assert article.wordpress.source == "debian-package"
+    files = {f.path: f for f in wp.site_files(article, lone, [ha], "pw", SALTS)}
     config = files[wp.DEBIAN_WP_CONFIG]
     assert (config.mode, config.owner) == ("0640", "root:www-data")
     assert "define('DB_HOST', '10.10.0.8:5000');" in config.content
-    remote = {f.path for f in wp.site_files(article, lone, [ha], "do", "pw", SALTS)}
+    release = article.model_copy(
+        update={"wordpress": article.wordpress.model_copy(update={"source": "release"})}
+    )
+    remote = {f.path for f in wp.site_files(release, lone, [ha], "pw", SALTS)}
     assert "/var/www/lifeboat/wp-config.php" in remote and wp.FETCH in remote
 
 
