@@ -63,8 +63,7 @@ ci-repeat:
 
 # Everything: lint, then unit, integration and end-to-end tests (one pytest run) against a
 # fresh lab; the lab is taken down at the end whatever happened.
-test: deps
-	$(UV) run ruff check .
+test: lint
 	$(UV) run lifeboat lab up
 	$(UV) run pytest $(PYTEST_ARGS); rc=$$?; $(UV) run lifeboat lab down || rc=1; exit $$rc
 
