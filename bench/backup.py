@@ -212,8 +212,11 @@ def set_archive_command(conn: Connection, command: str) -> None:
     """Through Patroni's dynamic configuration (Patroni overrides ALTER SYSTEM)."""
     patch = {"postgresql": {"parameters": {"archive_command": command}}}
     put(conn, patroni.PATCH_FILE, json.dumps(patch), "0600", "root:root")
-    run(conn, f"{patroni.PATRONICTL} edit-config --force --quiet --apply {patroni.PATCH_FILE}",
-        timeout=60)  # fmt: skip
+    run(
+        conn,
+        f"{patroni.PATRONICTL} edit-config --force --quiet --apply {patroni.PATCH_FILE}",
+        timeout=60,
+    )
 
 
 def wait_archive_command(conn: Connection, command: str, timeout: float = 120) -> None:
@@ -250,8 +253,11 @@ def prepare_primary(conn: Connection, scale: int) -> None:
         have = int(psql(conn, "SELECT count(*) FROM pgbench_branches", db=DB))
     if int(have) != scale:
         t0 = time.monotonic()
-        run(conn, f"cd {WORK} && {AS_PG} {PG_BIN}/pgbench -i -q -s {scale} -h /var/run/postgresql"
-                  f" {DB}", timeout=1800)  # fmt: skip
+        run(
+            conn,
+            f"cd {WORK} && {AS_PG} {PG_BIN}/pgbench -i -q -s {scale} -h /var/run/postgresql {DB}",
+            timeout=1800,
+        )
         print(f"pgbench -i -s {scale}: {time.monotonic() - t0:.0f} s")
     psql(conn, PAYLOAD_SQL, db=DB)
     size = psql(conn, "SELECT pg_size_pretty(sum(pg_database_size(oid))) FROM pg_database")
@@ -265,8 +271,10 @@ def configure_pgbackrest(conn: Connection, spec: StackSpec, creds: SpacesCredent
     # which this droplet learns from /etc/hosts.
     address = creds.endpoint.removeprefix("https://").rstrip("/")
     if address == SPACES_IP:
-        run(conn, f"grep -q ' {SPACES_DNS}$' /etc/hosts || echo '{SPACES_IP} {SPACES_DNS}' "
-                  ">> /etc/hosts")  # fmt: skip
+        run(
+            conn,
+            f"grep -q ' {SPACES_DNS}$' /etc/hosts || echo '{SPACES_IP} {SPACES_DNS}' >> /etc/hosts",
+        )
         address = SPACES_DNS
     conf = f"""[global]
 repo1-type=s3
@@ -294,8 +302,9 @@ pg1-socket-path=/var/run/postgresql
 pg1-port=5432
 """
     put(conn, PGBR_CONF, conf, "0600", "postgres:postgres")
-    run(conn, "install -d -o postgres -g postgres -m 0750 /var/spool/pgbackrest "
-              "/var/log/pgbackrest")  # fmt: skip
+    run(
+        conn, "install -d -o postgres -g postgres -m 0750 /var/spool/pgbackrest /var/log/pgbackrest"
+    )
     run(conn, f"{AS_PG} pgbackrest --stanza={STACK} stanza-create", timeout=120)
 
 
@@ -330,15 +339,20 @@ def _rss(stderr: str) -> int:
 def lifeboat_backup_and_restore(conn: Connection, fig: Figures) -> None:
     backup_id = time.strftime("bench-%Y%m%dT%H%M%S")
     t0 = time.monotonic()
-    res = run(conn, f"cd {WORK} && {AS_PG} python3 -c {shlex.quote(RSS_WRAPPER)} python3 "
-                    f"{backup.PROGRAM} take --id {backup_id}",
-              timeout=1800)  # fmt: skip
+    res = run(
+        conn,
+        f"cd {WORK} && {AS_PG} python3 -c {shlex.quote(RSS_WRAPPER)} python3 "
+        f"{backup.PROGRAM} take --id {backup_id}",
+        timeout=1800,
+    )
     fig.backup_s = time.monotonic() - t0
     fig.backup_rss_kb = _rss(res.stderr)
     obj = json.loads(res.stdout.strip().splitlines()[-1])["objects"][0]
     fig.backup_bytes = obj["bytes"]
-    print(f"lifeboat backup {fig.backup_s:.1f} s, {obj['bytes'] / 1e6:.0f} MB "
-          f"({obj['raw_bytes'] / 1e6:.0f} MB raw, {obj['parts']} parts)")  # fmt: skip
+    print(
+        f"lifeboat backup {fig.backup_s:.1f} s, {obj['bytes'] / 1e6:.0f} MB "
+        f"({obj['raw_bytes'] / 1e6:.0f} MB raw, {obj['parts']} parts)"
+    )
     scratch = restore.Scratch("bench-lifeboat", 5433)
     restore.cleanup(conn, scratch)
     try:
@@ -352,8 +366,12 @@ def pgbackrest_backup_and_restore(
     conn: Connection, fig: Figures, creds: SpacesCredentials, bucket: str
 ) -> None:
     t0 = time.monotonic()
-    res = run(conn, f"cd {WORK} && {AS_PG} python3 -c {shlex.quote(RSS_WRAPPER)} pgbackrest "
-                    f"--stanza={STACK} backup --type=full", timeout=1800)  # fmt: skip
+    res = run(
+        conn,
+        f"cd {WORK} && {AS_PG} python3 -c {shlex.quote(RSS_WRAPPER)} pgbackrest "
+        f"--stanza={STACK} backup --type=full",
+        timeout=1800,
+    )
     fig.backup_s = time.monotonic() - t0
     fig.backup_rss_kb = _rss(res.stderr)
     info = json.loads(run(conn, f"{AS_PG} pgbackrest --stanza={STACK} info --output=json").stdout)
@@ -365,8 +383,11 @@ def pgbackrest_backup_and_restore(
     try:
         t0 = time.monotonic()
         restore.prepare(conn, scratch)
-        run(conn, f"{AS_PG} pgbackrest --stanza={STACK} --pg1-path={scratch.data} "
-                  f"restore --set={label}", timeout=1800)  # fmt: skip
+        run(
+            conn,
+            f"{AS_PG} pgbackrest --stanza={STACK} --pg1-path={scratch.data} restore --set={label}",
+            timeout=1800,
+        )
         t1 = time.monotonic()
         restore.start(conn, scratch, restore_command=None)  # pgBackRest wrote its own
         restore.wait_writable(conn, scratch)
@@ -385,9 +406,11 @@ def drain(conn: Connection, command: str, backlog: int) -> dict:
     out = watch(conn, "drain", command, "900", timeout=1200)
     out["built"] = built
     out["rate"] = out["segments"] / out["seconds"] if out["seconds"] else 0.0
-    print(f"drain with {command.split()[0]}: {out['segments']} segments in "
-          f"{out['seconds']:.1f} s = {out['rate']:.1f}/s (built in {built['seconds']:.0f} s, "
-          f"{built['wal_bytes'] / 1e6:.0f} MB WAL)")  # fmt: skip
+    print(
+        f"drain with {command.split()[0]}: {out['segments']} segments in "
+        f"{out['seconds']:.1f} s = {out['rate']:.1f}/s (built in {built['seconds']:.0f} s, "
+        f"{built['wal_bytes'] / 1e6:.0f} MB WAL)"
+    )
     return out
 
 
@@ -399,9 +422,11 @@ def load(conn: Connection, command: str, rate: int, seconds: int) -> dict:
     d = sorted(out["delays"])
     out["median"] = statistics.median(d) if d else float("nan")
     out["p95"] = d[min(len(d) - 1, int(0.95 * len(d)))] if d else float("nan")
-    print(f"load with {command.split()[0]}: {out['mb_s']:.1f} MB/s WAL, {len(d)} segments, "
-          f"delay median {out['median']:.2f} s p95 {out['p95']:.2f} s, "
-          f"ready {out['start_ready']} -> {out['end_ready']}")  # fmt: skip
+    print(
+        f"load with {command.split()[0]}: {out['mb_s']:.1f} MB/s WAL, {len(d)} segments, "
+        f"delay median {out['median']:.2f} s p95 {out['p95']:.2f} s, "
+        f"ready {out['start_ready']} -> {out['end_ready']}"
+    )
     return out
 
 
@@ -435,8 +460,11 @@ def report(figs: dict[str, Figures], primary: str, args: argparse.Namespace) -> 
         f"{br.backup_bytes / 1e6:.0f} MB",
         f"{ratio(lb.backup_bytes, br.backup_bytes):.2f}",
     )
-    row("backup peak RSS (largest process)", f"{lb.backup_rss_kb / 1024:.0f} MB",
-        f"{br.backup_rss_kb / 1024:.0f} MB")  # fmt: skip
+    row(
+        "backup peak RSS (largest process)",
+        f"{lb.backup_rss_kb / 1024:.0f} MB",
+        f"{br.backup_rss_kb / 1024:.0f} MB",
+    )
     lr, brr = lb.restore, br.restore
     assert lr is not None and brr is not None
     row(
@@ -457,8 +485,11 @@ def report(figs: dict[str, Figures], primary: str, args: argparse.Namespace) -> 
         _verdict(dr >= 1.0, ">= 1.0"),
     )
     row("  backlog drained", f"{lb.drain['segments']} seg", f"{br.drain['segments']} seg")
-    row("WAL rate under load (measured)", f"{lb.load['mb_s']:.1f} MB/s",
-        f"{br.load['mb_s']:.1f} MB/s")  # fmt: skip
+    row(
+        "WAL rate under load (measured)",
+        f"{lb.load['mb_s']:.1f} MB/s",
+        f"{br.load['mb_s']:.1f} MB/s",
+    )
     row(
         "segment delay median",
         f"{lb.load['median']:.2f} s",

@@ -89,19 +89,26 @@ def main() -> None:
         env = os.environ | {"S3_IGNORE_SUBDOMAIN_BUCKETNAME": "true", "TMPDIR": tmp_name}
         moto = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         agent = None
         try:
             _wait(lambda: _port_open(port), "moto did not start")
             endpoint = f"http://127.0.0.1:{port}"
             s3 = boto3.client(
-                "s3", endpoint_url=endpoint, region_name="nyc3",
-                aws_access_key_id="BENCH", aws_secret_access_key="bench",
-                config=Config(s3={"addressing_style": "path"},
-                              request_checksum_calculation="when_required",
-                              response_checksum_validation="when_required"),
-            )  # fmt: skip
+                "s3",
+                endpoint_url=endpoint,
+                region_name="nyc3",
+                aws_access_key_id="BENCH",
+                aws_secret_access_key="bench",
+                config=Config(
+                    s3={"addressing_style": "path"},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ),
+            )
             s3.create_bucket(
                 Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "nyc3"}
             )
@@ -126,11 +133,18 @@ def main() -> None:
                 conf = tmp / f"{mode}.conf"
                 fd = os.open(conf, os.O_WRONLY | os.O_CREAT, 0o600)
                 with os.fdopen(fd, "w") as f:
-                    f.write(render(
-                        "wal/wal.conf.j2", endpoint=endpoint, region="nyc3", bucket=BUCKET,
-                        prefix=f"bench/{mode}", access_key="BENCH", secret_key="bench",
-                        socket=str(tmp / "wal.sock"),
-                    ))  # fmt: skip
+                    f.write(
+                        render(
+                            "wal/wal.conf.j2",
+                            endpoint=endpoint,
+                            region="nyc3",
+                            bucket=BUCKET,
+                            prefix=f"bench/{mode}",
+                            access_key="BENCH",
+                            secret_key="bench",
+                            socket=str(tmp / "wal.sock"),
+                        )
+                    )
                 configs[mode] = conf
             scripts = {}
             for kind in ("archive", "restore"):
@@ -142,8 +156,9 @@ def main() -> None:
 
             agent = subprocess.Popen(
                 [PYTHON, str(AGENT), "--config", str(configs["agent"])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             _wait(lambda: (tmp / "wal.sock").exists(), "the agent did not start")
 
             oneshot = [PYTHON, str(AGENT), "--config", str(configs["naive"])]

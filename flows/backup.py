@@ -107,8 +107,12 @@ def _backup(ctx: StackContext) -> dict:
     )
     get_run_logger().info(
         "backup %s of %s: %.0f MB stored in %.1f s, WAL %s verified",
-        manifest["id"], spec.name, manifest["stored_bytes"] / 1e6, seconds, report["wal_verified"],
-    )  # fmt: skip
+        manifest["id"],
+        spec.name,
+        manifest["stored_bytes"] / 1e6,
+        seconds,
+        report["wal_verified"],
+    )
     return report
 
 

@@ -135,9 +135,13 @@ def run_haproxy(name: str, config_text: str, hold_new_servers: bool = False) -> 
         # -D: the parent returns once the daemon runs (or failed to bind), so errors show up
         # here; the daemon itself is detached from us.
         res = subprocess.run(
-            cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            cmd,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             timeout=30,
-        )  # fmt: skip
+        )
     if res.returncode != 0:
         if previous is not None:
             p["cfg"].write_text(previous)

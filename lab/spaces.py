@@ -87,9 +87,13 @@ def _start_moto() -> None:
     log = open(config.RUN_DIR / "moto.log", "ab")  # noqa: SIM115 (the child keeps it)
     with log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+            cmd,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
-        )  # fmt: skip
+        )
     _moto_pid_file().write_text(f"{proc.pid}\n")
 
     def listening() -> bool:

@@ -66,8 +66,12 @@ def run_program(
 ) -> dict[str, Any]:
     """basebackup.py as postgres on the droplet (`args` already quoted); its one-line JSON
     answer, or `error` with the program's one-line reason."""
-    res = run(conn, f"runuser -u postgres -- /usr/bin/python3 {PROGRAM} {args}", warn=True,
-              timeout=timeout)  # fmt: skip
+    res = run(
+        conn,
+        f"runuser -u postgres -- /usr/bin/python3 {PROGRAM} {args}",
+        warn=True,
+        timeout=timeout,
+    )
     if not res.ok:
         raise error(f"{what} on {conn.host} failed: {res.stderr.strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -148,9 +152,11 @@ def write_manifest(s3: Any, bucket: str, stack: str, facts: dict[str, Any], **ex
     }
     key = layout.manifest_key(stack, facts["system_identifier"], facts["id"])
     s3.put_object(
-        Bucket=bucket, Key=key, Body=json.dumps(manifest, indent=1).encode(),
+        Bucket=bucket,
+        Key=key,
+        Body=json.dumps(manifest, indent=1).encode(),
         ContentType="application/json",
-    )  # fmt: skip
+    )
     return manifest
 
 
@@ -257,9 +263,11 @@ def archiver(conn: Connection) -> dict[str, Any]:
         " current_setting('data_directory') FROM pg_stat_archiver",
     ).split("|")
     ready = run(
-        conn, f"ls {shlex.quote(row[7])}/pg_wal/archive_status | grep -c '\\.ready$'", warn=True,
+        conn,
+        f"ls {shlex.quote(row[7])}/pg_wal/archive_status | grep -c '\\.ready$'",
+        warn=True,
         timeout=30,
-    ).stdout.strip()  # fmt: skip
+    ).stdout.strip()
     return {
         "archived_count": int(row[0]),
         "failed_count": int(row[1]),

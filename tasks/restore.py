@@ -154,8 +154,11 @@ def start(conn: Connection, s: Scratch, restore_command: str | None = WAL_RESTOR
     """Start archive recovery to the end of the archive: recovery.signal, no target.
     Returns at once; `wait_writable` tells when recovery is over."""
     data = shlex.quote(s.data)
-    run(conn, f"{AS_POSTGRES} touch {data}/recovery.signal && rm -f {data}/standby.signal",
-        timeout=30)  # fmt: skip
+    run(
+        conn,
+        f"{AS_POSTGRES} touch {data}/recovery.signal && rm -f {data}/standby.signal",
+        timeout=30,
+    )
     opts = shlex.join(server_options(s, restore_command))
     run(
         conn,
@@ -227,7 +230,11 @@ def cleanup(conn: Connection, s: Scratch) -> bool:
     if not run(conn, f"test -e {shlex.quote(s.base)}", warn=True, timeout=30).ok:
         return False
     if run(conn, f"test -e {shlex.quote(s.data)}/postmaster.pid", warn=True, timeout=30).ok:
-        run(conn, f"{AS_POSTGRES} {PG_BIN}/pg_ctl stop -m immediate -w -t 60 "
-                  f"-D {shlex.quote(s.data)}", warn=True, timeout=120)  # fmt: skip
+        run(
+            conn,
+            f"{AS_POSTGRES} {PG_BIN}/pg_ctl stop -m immediate -w -t 60 -D {shlex.quote(s.data)}",
+            warn=True,
+            timeout=120,
+        )
     run(conn, f"rm -rf --one-file-system {shlex.quote(s.base)}", timeout=300)
     return True

@@ -195,8 +195,11 @@ class Tap:
 def psql(host: str, port: int, query: str) -> str:
     out = subprocess.run(
         [f"{PG_BIN}/psql", "-XAtq", "-h", host, "-p", str(port), "-U", "postgres", "-c", query],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -219,10 +222,28 @@ def take(
     common = {"Bucket": settings.bucket, "Key": key}
     started = time.time()
     proc = subprocess.Popen(
-        [f"{PG_BIN}/pg_basebackup", "-h", host, "-p", str(port), "-U", "postgres", "-w",
-         "-D", "-", "-Ft", "-X", "none", "-c", "fast", *(["-r", max_rate] if max_rate else [])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            f"{PG_BIN}/pg_basebackup",
+            "-h",
+            host,
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-w",
+            "-D",
+            "-",
+            "-Ft",
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            *(["-r", max_rate] if max_rate else []),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     errors: list[bytes] = []
     drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
     drain.start()
@@ -239,9 +260,12 @@ def take(
     def send(number: int, chunk: bytes) -> dict[str, Any]:
         try:
             reply = client.upload_part(
-                **common, UploadId=upload_id, PartNumber=number, Body=chunk,
+                **common,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=chunk,
                 ContentMD5=wal_agent.md5_b64(chunk),
-            )  # fmt: skip
+            )
             return {"PartNumber": number, "ETag": reply["ETag"]}
         finally:
             slots.release()

@@ -70,8 +70,18 @@ def test_up_took_the_first_backup(stacks, lab_blocks, name):
     assert problems == []
     assert first["id"] in [e.backup.id for e in entries]
     manifest = next(e.manifest for e in entries if e.backup.id == first["id"])
-    for field in ("system_identifier", "pg_version_num", "timeline", "start_lsn", "stop_lsn",
-                  "started_at", "stopped_at", "wal_start", "wal_stop", "stored_bytes"):  # fmt: skip
+    for field in (
+        "system_identifier",
+        "pg_version_num",
+        "timeline",
+        "start_lsn",
+        "stop_lsn",
+        "started_at",
+        "stopped_at",
+        "wal_start",
+        "wal_stop",
+        "stored_bytes",
+    ):
         assert manifest[field], field
     assert manifest["source_in_recovery"] is True  # a healthy replica was there
     (obj,) = manifest["objects"]
@@ -133,9 +143,10 @@ def test_s3_outage_leaves_wal_waiting_then_the_archive_catches_up(stacks, lab_bl
     try:
         time.sleep(110)
         waiting = _on_leader(
-            spec, lab_blocks,
+            spec,
+            lab_blocks,
             f"ls $({PSQL} -c 'SHOW data_directory')/pg_wal/archive_status | grep -c ready",
-        )  # fmt: skip
+        )
         assert int(waiting) >= 2, "no WAL waiting on the primary during the outage"
         with pytest.raises(bk.BackupError, match="archive lags"):
             backup_health(spec, lab_blocks, max_archive_age=30)
@@ -204,8 +215,11 @@ def test_a_cut_off_upload_is_never_cataloged(stacks, lab_blocks):
     wait_for("the cut-off backup's multipart upload", uploading, timeout=60)
     time.sleep(5)  # midway: at 4 MB/s pg_basebackup needs ~30 s for pgbench's tables
     with remote.connect(source) as conn:
-        run(conn, "pkill -KILL -f 'basebackup.py take --id cutoff'; pkill -KILL pg_basebackup",
-            warn=True)  # fmt: skip
+        run(
+            conn,
+            "pkill -KILL -f 'basebackup.py take --id cutoff'; pkill -KILL pg_basebackup",
+            warn=True,
+        )
     entries, problems = bk.read_catalog(s3, spec.bucket, spec.name)
     assert {e.backup.id for e in entries} == ids_before and problems == []
     keys = bk.list_keys(s3, spec.bucket, f"{spec.name}/")
@@ -262,8 +276,12 @@ def test_the_newest_backup_restores_with_the_latest_archived_writes(stacks, lab_
     on the primary after the backup (and archived since)."""
     spec, _ = stack(stacks, "compact")
     marker = f"marker-{time.time_ns()}"
-    _on_leader(spec, lab_blocks, f"{PSQL} -c 'CREATE TABLE IF NOT EXISTS restore_marker (k text)'"
-               f" -c \"INSERT INTO restore_marker VALUES ('{marker}')\"")  # fmt: skip
+    _on_leader(
+        spec,
+        lab_blocks,
+        f"{PSQL} -c 'CREATE TABLE IF NOT EXISTS restore_marker (k text)'"
+        f" -c \"INSERT INTO restore_marker VALUES ('{marker}')\"",
+    )
     _current_segment(spec, lab_blocks)  # the segment holding the marker is archived
     newest = bk.read_catalog(_s3(lab_blocks), spec.bucket, spec.name)[0][-1].manifest
     (obj,) = newest["objects"]

@@ -29,9 +29,15 @@ BIN = Path("/usr/lib/postgresql/15/bin")
 
 def as_postgres(*cmd: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(c) for c in cmd], user="postgres", group="postgres", extra_groups=[],
-        capture_output=True, text=True, timeout=300, **kwargs,
-    )  # fmt: skip
+        [str(c) for c in cmd],
+        user="postgres",
+        group="postgres",
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 @dataclass
@@ -77,8 +83,9 @@ def server(moto: Moto) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def taken(server: Server) -> dict:
-    res = server.program("take", "--id", "20261126T000000Z", "--host", str(server.base),
-                         "--port", str(server.port))  # fmt: skip
+    res = server.program(
+        "take", "--id", "20261126T000000Z", "--host", str(server.base), "--port", str(server.port)
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -102,8 +109,9 @@ def test_take_streams_one_object_and_reports_what_the_manifest_needs(
 def test_restore_extracts_a_verifiable_data_directory(server: Server, taken: dict) -> None:
     (obj,) = taken["objects"]
     target = server.base / "restored"
-    res = server.program("restore", "--key", obj["key"], "--sha256", obj["sha256"],
-                         "--pgdata", str(target))  # fmt: skip
+    res = server.program(
+        "restore", "--key", obj["key"], "--sha256", obj["sha256"], "--pgdata", str(target)
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["bytes"] == obj["bytes"]
     # pg_basebackup's own manifest checks every file's checksum (-n: WAL comes later).
@@ -111,22 +119,25 @@ def test_restore_extracts_a_verifiable_data_directory(server: Server, taken: dic
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert (target / "backup_label").exists()
     # Never into a directory that holds something.
-    again = server.program("restore", "--key", obj["key"], "--sha256", obj["sha256"],
-                           "--pgdata", str(target))  # fmt: skip
+    again = server.program(
+        "restore", "--key", obj["key"], "--sha256", obj["sha256"], "--pgdata", str(target)
+    )
     assert again.returncode == 1 and "not empty" in again.stderr
 
 
 def test_restore_refuses_an_object_whose_checksum_differs(server: Server, taken: dict) -> None:
     (obj,) = taken["objects"]
-    res = server.program("restore", "--key", obj["key"], "--sha256", "0" * 64,
-                         "--pgdata", str(server.base / "bad"))  # fmt: skip
+    res = server.program(
+        "restore", "--key", obj["key"], "--sha256", "0" * 64, "--pgdata", str(server.base / "bad")
+    )
     assert res.returncode == 1
     assert "differs from the manifest" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_a_failed_pg_basebackup_leaves_no_upload_behind(server: Server, moto: Moto) -> None:
-    res = server.program("take", "--id", "broken", "--host", str(server.base),
-                         "--port", str(free_port()))  # fmt: skip
+    res = server.program(
+        "take", "--id", "broken", "--host", str(server.base), "--port", str(free_port())
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "psql failed" in res.stderr or "pg_basebackup failed" in res.stderr
     keys = [o["Key"] for o in moto.client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]

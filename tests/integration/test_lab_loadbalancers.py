@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab import config, loadbalancers, processes
+from lifeboat.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not Path(loadbalancers.HAPROXY).exists(), reason="needs haproxy")
 
@@ -47,7 +48,7 @@ def load_balancer(**extra: object) -> dict:
                 "target_protocol": "http",
                 "target_port": 8080,
             },
-        ],  # fmt: skip
+        ],
         "health_check": {
             "protocol": "http",
             "port": 8080,
@@ -104,7 +105,7 @@ def test_tcp_check_config(lab_dirs: Path) -> None:
                 "target_protocol": "tcp",
                 "target_port": 5432,
             },
-        ],  # fmt: skip
+        ],
         health_check={
             "protocol": "tcp",
             "port": 5432,
@@ -112,7 +113,7 @@ def test_tcp_check_config(lab_dirs: Path) -> None:
             "response_timeout_seconds": 5,
             "healthy_threshold": 3,
             "unhealthy_threshold": 5,
-        },  # fmt: skip
+        },
         enable_proxy_protocol=True,
     )
     text = loadbalancers.render(lb, [droplet(7, "10.116.0.7")])
@@ -123,9 +124,11 @@ def test_tcp_check_config(lab_dirs: Path) -> None:
 
 
 def test_tag_targets_and_droplets_without_address(lab_dirs: Path) -> None:
-    lb = load_balancer(tag="web", algorithm="least_connections",
-                       sticky_sessions={"type": "cookies", "cookie_name": "LB",
-                                        "cookie_ttl_seconds": 60})  # fmt: skip
+    lb = load_balancer(
+        tag="web",
+        algorithm="least_connections",
+        sticky_sessions={"type": "cookies", "cookie_name": "LB", "cookie_ttl_seconds": 60},
+    )
     targets = [droplet(3, "10.116.0.4"), droplet(4, None), droplet(5, "10.116.0.6")]
     text = loadbalancers.render(lb, targets)
     check(text, lab_dirs)
@@ -162,7 +165,7 @@ def test_https_entry_is_terminated_with_a_lab_certificate(lab_dirs: Path) -> Non
                 "target_protocol": "http",
                 "target_port": 80,
             },
-        ],  # fmt: skip
+        ],
         redirect_http_to_https=True,
     )
     text = loadbalancers.render(lb, [droplet(1, "10.116.0.2")])
@@ -238,16 +241,14 @@ def fetch(url: str) -> str:
         return f"error: {e}"
 
 
-def wait_for(predicate, timeout: float = 15) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+def wait_for(predicate, timeout: float = 30) -> None:  # noqa: ANN001
+    wait_until("the load balancer's targets to settle", predicate, timeout, every=0.1)
 
 
 def addresses(dev: str) -> str:
-    return subprocess.run(["ip", "-br", "addr", "show", "dev", dev], capture_output=True,
-                          text=True, check=True).stdout  # fmt: skip
+    return subprocess.run(
+        ["ip", "-br", "addr", "show", "dev", dev], capture_output=True, text=True, check=True
+    ).stdout
 
 
 @pytest.mark.lab
@@ -285,7 +286,7 @@ def test_traffic_goes_to_healthy_targets_only_and_survives_reload(
                 "entry_port": 8081,
                 "target_protocol": "tcp",
                 "target_port": 8080,
-            }  # fmt: skip
+            }
         )
         loadbalancers.apply(lb, drops, bridge=bridge)
         time.sleep(0.5)

@@ -15,7 +15,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from blocks.stack import StackSpec
+from lifeboat.waiting import wait_until
 from tasks.render import render
 from tests.unit.test_templates import EXAMPLES, haproxy_cfg, parse_env_file, patroni_yml
 
@@ -76,13 +76,14 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
                 env_vars = {"PATH": os.environ["PATH"], **env}
                 proc = subprocess.Popen([etcd], env=env_vars, stdout=out, stderr=subprocess.STDOUT)
             procs.append((proc, log))
-        deadline = time.monotonic() + 30
+
+        def healthy(address: str) -> bool:
+            dead = [log.read_text()[-2000:] for p, log in procs if p.poll() is not None]
+            assert not dead, f"etcd exited:\n{dead[0]}"
+            return http_ok(f"http://{address}:2379/health") is True
+
         for address in members.values():
-            while http_ok(f"http://{address}:2379/health") is not True:
-                dead = [log.read_text()[-2000:] for p, log in procs if p.poll() is not None]
-                assert not dead, f"etcd exited:\n{dead[0]}"
-                assert time.monotonic() < deadline, "etcd cluster not healthy after 30 s"
-                time.sleep(0.2)
+            wait_until(f"etcd at {address} healthy", lambda a=address: healthy(a), 60, every=0.2)
         yield members
     finally:
         # Throwaway data: no graceful leader hand-over needed.

@@ -31,6 +31,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from lifeboat.waiting import wait_until
 from tasks.render import TEMPLATES, render
 
 AGENT = TEMPLATES / "wal" / "wal_agent.py"
@@ -48,10 +49,7 @@ def free_port() -> int:
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} after {timeout} s"
-        time.sleep(0.05)
+    wait_until(what, check, timeout, every=0.05)
 
 
 def port_open(port: int) -> bool:
@@ -137,8 +135,11 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     with (tmp / "moto.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     try:
         wait_for(lambda: port_open(port) or proc.poll() is not None, "moto not listening")
         assert proc.poll() is None, (tmp / "moto.log").read_text()
@@ -217,8 +218,10 @@ def start_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [PYTHON, str(AGENT), "--config", str(tmp / "wal.conf")],
-                stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+            )
         agent = Agent(
             proc,
             sock,
@@ -397,10 +400,17 @@ def test_a_corrupted_object_is_refused_and_nothing_written(
     _, meta, _ = stored(moto, pgdata.key(name))
     if tamper == "other-contents":  # a valid frame (Debian's zstandard), one byte differs
         forged = subprocess.run(
-            [PYTHON, "-c", "import sys,zstandard;"
-             "sys.stdout.buffer.write(zstandard.compress(sys.stdin.buffer.read()))"],
-            input=data[:-1] + b"\x02", capture_output=True, check=True, timeout=60,
-        ).stdout  # fmt: skip
+            [
+                PYTHON,
+                "-c",
+                "import sys,zstandard;"
+                "sys.stdout.buffer.write(zstandard.compress(sys.stdin.buffer.read()))",
+            ],
+            input=data[:-1] + b"\x02",
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
     else:
         forged = os.urandom(4096)
     moto.client.put_object(Bucket=BUCKET, Key=pgdata.key(name), Body=forged, Metadata=meta)
@@ -434,8 +444,11 @@ def test_ready_files_are_read_ahead_and_still_checked(
         return json.loads(ask(agent.sock, "GET", "/health")[1])["read_ahead"] - before >= 2
 
     wait_for(read_ahead, "nothing read ahead")
-    stored_ahead = [n for n in names[1:] if "Contents" in moto.client.list_objects_v2(
-        Bucket=BUCKET, Prefix=pgdata.key(n))]  # fmt: skip
+    stored_ahead = [
+        n
+        for n in names[1:]
+        if "Contents" in moto.client.list_objects_v2(Bucket=BUCKET, Prefix=pgdata.key(n))
+    ]
     assert len(stored_ahead) >= 2
     # The file of a read-ahead segment changes before PostgreSQL asks: refused, not 200.
     changed = stored_ahead[0]
@@ -464,9 +477,15 @@ def test_real_postgresql_archives_and_restores_through_the_agent(moto: Moto) -> 
 
     def as_postgres(*cmd: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(c) for c in cmd], user="postgres", group="postgres", extra_groups=[],
-            capture_output=True, text=True, timeout=120, **kwargs,
-        )  # fmt: skip
+            [str(c) for c in cmd],
+            user="postgres",
+            group="postgres",
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,
+        )
 
     def sql(query: str) -> str:
         result = as_postgres(bin_dir / "psql", "-h", base, "-p", port, "-Atc", query, check=True)
@@ -481,9 +500,13 @@ def test_real_postgresql_archives_and_restores_through_the_agent(moto: Moto) -> 
             shutil.chown(path, "postgres", "postgres")
         with (base / "agent.log").open("wb") as log:
             agent = subprocess.Popen(
-                [PYTHON, str(AGENT), "--config", str(conf)], stdout=log, stderr=log,
-                user="postgres", group="postgres", extra_groups=[],
-            )  # fmt: skip
+                [PYTHON, str(AGENT), "--config", str(conf)],
+                stdout=log,
+                stderr=log,
+                user="postgres",
+                group="postgres",
+                extra_groups=[],
+            )
         wait_for(sock.exists, "agent not listening")
         as_postgres(bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", check=True)
         with (data / "postgresql.conf").open("a") as f:
@@ -567,8 +590,9 @@ def test_commands_exit_2_when_the_agent_is_down(tmp_path: Path, pgdata: PgData) 
     archive_sh = render_script("wal/archive.sh.j2", tmp_path / "wal-archive", sock)
     restore_sh = render_script("wal/restore.sh.j2", tmp_path / "wal-restore", sock)
     (pgdata.wal / "000000010000000000000001").write_bytes(b"x")
-    result = run(archive_sh, "pg_wal/000000010000000000000001", "000000010000000000000001",
-                 pgdata.path)  # fmt: skip
+    result = run(
+        archive_sh, "pg_wal/000000010000000000000001", "000000010000000000000001", pgdata.path
+    )
     assert result.returncode == 2 and "no answer from lifeboat-wal-agent" in result.stderr
     assert run(restore_sh, "000000010000000000000001", "pg_wal/X", pgdata.path).returncode == 2
 
@@ -628,8 +652,10 @@ def test_a_write_that_loses_the_race_is_compared_not_overwritten(
         (pgdata.wal / name).write_bytes(contents)
         result = subprocess.run(
             [PYTHON, "-c", race, str(AGENT.parent), str(conf), name, str(pgdata.wal / name)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(expected) or expected in result.stdout, result.stdout
         assert stored(moto, pgdata.key(name)) == before
@@ -677,15 +703,21 @@ def test_one_shot_mode_archives_and_restores(
     cmd = [PYTHON, str(AGENT), "--config", str(conf)]
     one = subprocess.run(
         [*cmd, "archive", name, f"pg_wal/{name}"],
-        cwd=pgdata.path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=pgdata.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert one.returncode == 0, one.stderr
     assert restore(agent, pgdata, name).returncode == 0  # the daemon finds it
     assert (pgdata.wal / "RECOVERYXLOG").read_bytes() == data
     missing = subprocess.run(
         [*cmd, "restore", "0000000100000000000000FE", "pg_wal/X"],
-        cwd=pgdata.path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=pgdata.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 1 and "not in the archive" in missing.stderr
 
 

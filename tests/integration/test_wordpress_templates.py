@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from blocks.stack import StackSpec
+from lifeboat.waiting import wait_until
 from tasks import wordpress as wp
 from tasks.render import TEMPLATES, render
 from tests.integration.test_templates import EXAMPLES, tool
@@ -119,15 +120,13 @@ def served_site(spec: StackSpec, tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.1)
+
+        def listening() -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+
+        wait_until("nginx to listen", listening, timeout=30, every=0.1, retry_on=(OSError,))
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -18,6 +18,7 @@ from azure.core.exceptions import HttpResponseError
 from lab.api import create_app
 from lab.api.testing import RecordingCloud, serve
 from lab.config import LOAD_BALANCER_POOL, PUBLIC_DROPLET_POOL
+from lifeboat.waiting import wait_until
 from tasks.digitalocean import client as do_client
 
 TOKEN = "unit-test-token"
@@ -58,15 +59,10 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     lab.stop()
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
+def wait_for(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """The API's background work (its poller, the fake machine) settles within a moment,
+    but a loaded 2-core machine can stretch that moment: a generous bound."""
+    return wait_until("the lab API's state", check, timeout=timeout, every=0.02)
 
 
 def create(lab: Lab, **body: Any) -> dict:

@@ -53,9 +53,12 @@ def _backup(id: str, days_ago: float, start_seg: int, system: str = "7") -> Back
 
 def test_retention_keeps_the_newest_n_and_covers_the_window():
     now = 1_000 * DAY
-    backups = [_backup(f"b{i}", days, seg) for i, (days, seg) in enumerate(
-        [(0.1, 90), (1, 80), (2, 70), (9, 60), (15, 50), (20, 40), (30, 30)]
-    )]  # fmt: skip
+    backups = [
+        _backup(f"b{i}", days, seg)
+        for i, (days, seg) in enumerate(
+            [(0.1, 90), (1, 80), (2, 70), (9, 60), (15, 50), (20, 40), (30, 30)]
+        )
+    ]
     kept, expired = catalog.retention(backups, now, keep_count=2, keep_days=10)
     # newest 2, everything younger than 10 days, and b4 (15 days): the start of the window
     assert [b.id for b in kept] == ["b0", "b1", "b2", "b3", "b4"]

@@ -241,8 +241,10 @@ def test_unknown_region_and_size() -> None:
 
 @pytest.mark.parametrize("schedule", ["daily", "0 3 * *", "61 3 * * *"])
 def test_backup_schedule_must_be_cron(schedule: str) -> None:
-    rejected("backup.schedule .* is not a cron expression.*e.g. \"0 3 \\* \\* \\*\"",
-             backup={"schedule": schedule})  # fmt: skip
+    rejected(
+        'backup.schedule .* is not a cron expression.*e.g. "0 3 \\* \\* \\*"',
+        backup={"schedule": schedule},
+    )
 
 
 def test_backup_retention_must_keep_something() -> None:
