@@ -1,4 +1,4 @@
-"""Who may import whom (README, "Layout"): the local cloud imports no runbook code, the
+"""Who may import whom (README, "How the code is laid out"): the lab imports no runbook code, the
 runbooks import neither the lab nor the benchmarks. Read from the source, imports inside
 functions included. lifeboat.waiting (wait until a condition holds) is a plain helper the
 lab shares: it imports nothing of Lifeboat's."""
@@ -56,3 +56,9 @@ def test_the_runbooks_import_neither_the_benchmarks_nor_the_lab_but_for_its_cli(
             assert top != "bench", f
             # `lifeboat lab ...` drives the local cloud; nothing below the CLI does.
             assert top != "lab" or f == "lifeboat/cli.py", f
+
+
+def test_only_flows_and_the_cli_import_flows() -> None:
+    """Work lives in tasks/: nothing below a flow calls up into one."""
+    for folder in ("tasks", "blocks", "lab"):
+        assert not [f for f, top in imports_of(folder) if top == "flows"], folder
