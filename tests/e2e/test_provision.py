@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blocks.credentials import DigitalOceanCredentials
+from blocks.credentials import DigitalOceanCredentials, SpacesCredentials, SSHIdentity
 from blocks.stack import SpecError, StackSpec
 from flows.provision import provision
 from tasks.droplets import CloudError
@@ -26,9 +26,13 @@ def stack_traces(do, stack: StackSpec) -> list[str]:
 
 
 def test_wrong_token_gives_a_clear_error_and_creates_nothing(do, lab, lab_blocks):
+    # A complete set of credentials blocks whose token is wrong: the run opens all three
+    # (a missing one is its own clear error, tests/integration/test_context_blocks.py).
     DigitalOceanCredentials(token="not-the-token", api_url=lab["api_url"]).save(
         "wrong-token", overwrite=True
     )
+    for block in (SpacesCredentials, SSHIdentity):  # a new document, not the lab's
+        block(**block.load(lab_blocks).model_dump()).save("wrong-token", overwrite=True)
     stack = spec("badtoken")
     with pytest.raises(CloudError, match="rejected the API token.*nothing was created"):
         provision(stack, "wrong-token")
