@@ -283,14 +283,15 @@ def archiver(conn: Connection) -> dict[str, Any]:
 # --- Prefect tasks -------------------------------------------------------------------------
 
 
-def members(remote: Remote, hosts: list[Host]) -> list[Member]:
-    """Patroni's view of the cluster, from the first database droplet that answers."""
+def members(remote: Remote, hosts: list[Host], live_lag: bool = False) -> list[Member]:
+    """Patroni's view of the cluster, from the first database droplet that answers; with
+    `live_lag`, each replica's lag read live (one more REST call per member)."""
     for host in (h for h in hosts if "postgres" in h.roles):
         try:
             with remote.connect(host) as conn:
-                # Live lag: /cluster's DCS positions are up to a loop_wait old, and a
-                # backup follows bursts of WAL (pgbench, the previous backup's switch).
-                found = patroni.with_live_lag(conn, patroni.cluster(conn, host.private_ip))
+                found = patroni.cluster(conn, host.private_ip)
+                if live_lag:
+                    found = patroni.with_live_lag(conn, found)
             if found:
                 return found
         except Exception:  # noqa: BLE001, S112 - ask the next member
@@ -306,7 +307,9 @@ def leader_host(remote: Remote, hosts: list[Host]) -> Host:
 
 @task(name="pick_source", cache_policy=NO_CACHE, retries=0)
 def pick_source(remote: Remote, hosts: list[Host]) -> tuple[str, str]:
-    name, why = choose_source(members(remote, hosts))
+    # Live lag: /cluster's DCS positions are up to a loop_wait old, and a backup
+    # follows bursts of WAL (pgbench, the previous backup's switch).
+    name, why = choose_source(members(remote, hosts, live_lag=True))
     log = get_run_logger()
     (log.warning if "primary" in why else log.info)("backing up from %s: %s", name, why)
     return name, why

@@ -18,6 +18,7 @@ import pytest
 from tasks import catalog
 from tasks.render import TEMPLATES
 from tests.integration import test_wal_agent as wal_tests
+from tests.integration.postgres import as_postgres
 from tests.integration.test_wal_agent import BUCKET, PYTHON, Moto, free_port, write_config
 
 # The WAL agent tests' S3 server and Debian-python check, shared by name.
@@ -25,19 +26,6 @@ moto = wal_tests.moto
 debian_python = wal_tests.debian_python
 
 BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def as_postgres(*cmd: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(c) for c in cmd],
-        user="postgres",
-        group="postgres",
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        **kwargs,
-    )
 
 
 @dataclass

@@ -17,6 +17,7 @@ import invoke
 import pytest
 
 from tasks import sql
+from tests.integration.postgres import as_postgres
 from tests.unit.test_sql import AWKWARD
 
 BIN = Path("/usr/lib/postgresql/15/bin")
@@ -26,19 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def as_postgres(*cmd: object) -> None:
-    subprocess.run(
-        [str(c) for c in cmd],
-        user="postgres",
-        group="postgres",
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
 
 
 @dataclass
@@ -58,14 +46,14 @@ def server() -> Iterator[Server]:
     base = Path(tempfile.mkdtemp(prefix="lifeboat-sql-"))
     shutil.chown(base, "postgres", "postgres")
     data, port = base / "data", free_port()
-    as_postgres(BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres")
+    as_postgres(BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres", check=True)
     with (data / "postgresql.conf").open("a") as f:
         f.write(f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n")
         f.write(f"port = {port}\n")
     (data / "pg_hba.conf").write_text(
         "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
     )
-    as_postgres(BIN / "pg_ctl", "-D", data, "-l", base / "pg.log", "-w", "start")
+    as_postgres(BIN / "pg_ctl", "-D", data, "-l", base / "pg.log", "-w", "start", check=True)
     try:
         yield Server(base, port)
     finally:

@@ -33,6 +33,7 @@ from botocore.config import Config
 
 from lifeboat.waiting import wait_until
 from tasks.render import TEMPLATES, render
+from tests.integration.postgres import as_postgres
 
 AGENT = TEMPLATES / "wal" / "wal_agent.py"
 PYTHON = "/usr/bin/python3"
@@ -474,18 +475,6 @@ def test_real_postgresql_archives_and_restores_through_the_agent(moto: Moto) -> 
         pytest.fail("PostgreSQL is not installed: apt-get install -y postgresql-15")
     base = Path(tempfile.mkdtemp(prefix="lifeboat-wal-pg-"))  # postgres can enter it
     sock, conf, data, port = base / "wal.sock", base / "wal.conf", base / "data", free_port()
-
-    def as_postgres(*cmd: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(c) for c in cmd],
-            user="postgres",
-            group="postgres",
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            **kwargs,
-        )
 
     def sql(query: str) -> str:
         result = as_postgres(bin_dir / "psql", "-h", base, "-p", port, "-Atc", query, check=True)
