@@ -27,6 +27,7 @@ CLUSTER_SECRETS = (
 # The web tier's: the WordPress database role's password and WordPress's authentication
 # keys and salts (wp-config.php), one block each.
 WORDPRESS_DB = "wordpress-db"
+WORDPRESS_ADMIN = "wordpress-admin"  # the site administrator's password (install, probe)
 WORDPRESS_SALTS = {
     key: "wordpress-" + key.lower().replace("_", "-")
     for key in (

@@ -283,6 +283,13 @@ class WordPressSpec(_Section):
     db_name: str = "wordpress"
     db_user: str = "wordpress"
     table_prefix: str = Field(default="wp_", pattern=r"^[A-Za-z0-9_]{1,20}$")
+    # The site WordPress installs once (release source): its title (default: the stack's
+    # name), its administrator (the password is generated once, kept in a Secret block)
+    # and the theme every release must carry and the site shows.
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    admin_user: str = Field(default="lifeboat", pattern=r"^[a-z0-9][a-z0-9_.-]{2,59}$")
+    admin_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,63}$")
+    theme: str = Field(default="twentytwentythree", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
 
     @field_validator("domain")
     @classmethod
@@ -306,6 +313,12 @@ class WordPressSpec(_Section):
 
     def site_domain(self, stack: str) -> str:
         return self.domain or f"{stack}.lifeboat.test"
+
+    def site_title(self, stack: str) -> str:
+        return self.title or stack
+
+    def site_admin_email(self, stack: str) -> str:
+        return self.admin_email or f"{self.admin_user}@{self.site_domain(stack)}"
 
 
 class BackupSpec(_Section):

@@ -54,6 +54,12 @@ def wordpress(spec: StackSpec, credentials: str = "lab", stack: StackContext | N
                 raise
             steps[host.name] = rolled["outcome"]
             timings[host.name] = rolled["seconds"]
+        if not wp.debian_package(spec):
+            t = time.monotonic()
+            steps["site"] = wp.install_site(ctx, ctx.with_role("haproxy")[0], web[0])
+            probed = wp.probe(ctx, lb, web[-1])
+            steps["probe"] = probed["read"]
+            timings["site"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
         verified = wp.verify_site(lb, spec)
         timings["verify"] = round(time.monotonic() - t, 1)

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from lab import ca, containers, image, loadbalancers, network, nft, processes, spaces
+from lab import ca, containers, image, loadbalancers, network, nft, processes, releases, spaces
 from lab.config import API_PORT, GATEWAY, LAB_FILE, MOTO_PORT, RUN_DIR, STATE_DIR, STATE_FILE
 from lifeboat.waiting import WaitTimeout, wait_until
 
@@ -49,6 +49,7 @@ def is_up() -> bool:
         and TOKEN_FILE.exists()
         and _api_answers(TOKEN_FILE.read_text())
         and spaces.is_up()
+        and releases.is_up()
     )
 
 
@@ -92,6 +93,7 @@ def up() -> dict:
     except WaitTimeout as e:
         raise RuntimeError(f"the API stand-in did not answer; see {RUN_DIR / 'api.log'}") from e
     s3 = spaces.start()
+    served = releases.start(rootfs)
     lab = {
         "api_url": API_URL,
         "api_token_file": str(TOKEN_FILE),
@@ -99,6 +101,7 @@ def up() -> dict:
         "ssh_private_key": str(SSH_KEY),
         "ssh_public_key": SSH_KEY.with_suffix(".pub").read_text().strip(),
         "spaces": {k: str(v) for k, v in s3.items()},
+        "releases": served,
     }
     LAB_FILE.write_text(json.dumps(lab, indent=2))
     os.chmod(LAB_FILE, 0o600)

@@ -270,6 +270,8 @@ def _print_status(info: dict) -> None:
     typer.echo(f"API      {info['api_url']} (token in {info['api_token_file']})")
     typer.echo(f"Spaces   {s3['endpoint']} region {s3['region']} (CA {s3['ca_cert']})")
     typer.echo(f"SSH key  {info['ssh_private_key']}")
+    for name, rel in info.get("releases", {}).items():
+        typer.echo(f"release  {name} {rel['version']} {rel['url']} sha256 {rel['sha256']}")
     typer.echo(f"droplets {len(info['droplets'])}")
     for d in info["droplets"]:
         tags = ",".join(d["tags"])

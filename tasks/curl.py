@@ -41,12 +41,16 @@ def command(
     headers: dict[str, str] | None = None,
     max_time: float = 5,
     unix_socket: str | None = None,
+    data_file: str | None = None,
 ) -> str:
     """curl, silent, bounded by `max_time` seconds, printing the body and then, on a line
-    of its own, the status (000 when nothing answered)."""
+    of its own, the status (000 when nothing answered). With `data_file` (a file on the
+    droplet) a POST of its bytes: how a request that carries a secret is sent."""
     words = ["curl", "-s", "--max-time", f"{max_time:g}", "-w", "\\n%{http_code}"]
     if unix_socket:
         words += ["--unix-socket", unix_socket]
+    if data_file:
+        words += ["--data-binary", f"@{data_file}"]
     for name, value in (headers or {}).items():
         words += ["-H", f"{name}: {value}"]
     return shlex.join([*words, url])
@@ -63,5 +67,22 @@ def get(
     """GET `url` from the droplet `conn` is connected to. `timeout` bounds the SSH command
     (a little above `max_time`, which bounds curl itself)."""
     res = run(conn, command(url, headers, max_time, unix_socket), warn=True, timeout=timeout)
-    body, _, code = res.stdout.rpartition("\n")
+    return _answer(res.stdout)
+
+
+def post(
+    conn: Connection,
+    url: str,
+    data_file: str,
+    headers: dict[str, str] | None = None,
+    max_time: float = 60,
+    timeout: int = 90,
+) -> Answer:
+    """POST the bytes of `data_file` (on the droplet) to `url` from the droplet."""
+    cmd = command(url, headers, max_time, data_file=data_file)
+    return _answer(run(conn, cmd, warn=True, timeout=timeout).stdout)
+
+
+def _answer(stdout: str) -> Answer:
+    body, _, code = stdout.rpartition("\n")
     return Answer(int(code) if code.strip().isdigit() else 0, body)

@@ -9,9 +9,11 @@ run with an error that says which droplet and what to do.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import paramiko
@@ -147,3 +149,14 @@ def put(
         f"chown {owner} {tmp} && chmod {mode} {tmp} && mv {tmp} {q}",
     )
     return True
+
+
+@contextlib.contextmanager
+def secret_file(conn: Connection, path: str, content: str) -> Iterator[str]:
+    """A root-only file that a command reads a secret from (never its command line),
+    removed when the block ends, whatever happens."""
+    put(conn, path, content, "0600", "root:root")
+    try:
+        yield path
+    finally:
+        run(conn, f"rm -f {shlex.quote(path)}", warn=True)

@@ -39,6 +39,9 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
         "0644",
     ),
     "wordpress/fetch-release.sh": ("/usr/local/lib/lifeboat/fetch-release", "root:root", "0755"),
+    # Inside each release directory ({release} is filled in by tasks/wordpress.py).
+    "wordpress/db.php": ("{release}/wp-content/db.php", "root:root", "0644"),
+    "wordpress/wp-config-release.php.j2": ("{release}/wp-config.php", "root:root", "0644"),
     "wal/lifeboat-wal-agent.service.j2": (
         "/etc/systemd/system/lifeboat-wal-agent.service",
         "root:root",

@@ -33,12 +33,12 @@ from invoke.runners import Result
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.secrets import POSTGRES_SUPERUSER, WORDPRESS_DB, WORDPRESS_SALTS
+from blocks.secrets import POSTGRES_SUPERUSER, WORDPRESS_ADMIN, WORDPRESS_DB, WORDPRESS_SALTS
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import curl, droplets
+from tasks import curl, droplets, site
 from tasks.haproxy import PGPASS, place_pgpass
-from tasks.hosts import Host, put, run
+from tasks.hosts import Host, put, run, secret_file
 from tasks.render import DESTINATIONS, render
 from tasks.sql import literal, psql, through_haproxy
 
@@ -51,6 +51,7 @@ SERVICES = ("nginx", PHP_FPM)
 BASE = "/var/www/lifeboat"
 DOCROOT = f"{BASE}/wordpress"  # symlink to the active release
 RELEASES = f"{BASE}/releases"
+UPLOADS = f"{BASE}/uploads"  # shared by every release (wp-content/uploads links here)
 DEBIAN_CORE = "/usr/share/wordpress"
 DEBIAN_CONTENT = "/var/lib/wordpress"  # Debian's WP_CONTENT_DIR is <this>/wp-content
 DEBIAN_CONFIG = "lifeboat"  # Debian's loader reads /etc/wordpress/config-<this>.php
@@ -60,7 +61,7 @@ SITE_ENABLED = "/etc/nginx/sites-enabled/lifeboat"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 HEALTH_SCRIPT = DESTINATIONS["wordpress/lifeboat-health.php"][0]
 FETCH = DESTINATIONS["wordpress/fetch-release.sh"][0]
-WP_PGPASS = "/root/.lifeboat-wordpress-pgpass"
+WP_PGPASS = site.WP_PGPASS
 SQL_FILE = "/root/.lifeboat-wordpress.sql"
 HEALTH_TABLE = "lifeboat_health"
 
@@ -144,9 +145,9 @@ class File:
     owner: str
 
 
-def _file(template: str, content: str, path: str | None = None) -> File:
+def _file(template: str, content: str, path: str | None = None, release: str = "") -> File:
     dest, owner, mode = DESTINATIONS[template]
-    return File(path or dest, content, mode, owner)
+    return File(path or dest.format(release=release), content, mode, owner)
 
 
 def render_site(spec: StackSpec, debian: bool) -> str:
@@ -229,7 +230,18 @@ def site_files(
         _file("wordpress/lifeboat-health.php", render("wordpress/lifeboat-health.php")),
     ]
     if not debian:
-        files.append(_file("wordpress/fetch-release.sh", render("wordpress/fetch-release.sh")))
+        rel = release_dir(spec)
+        release_config = render(
+            "wordpress/wp-config-release.php.j2",
+            release=rel,
+            docroot=DOCROOT,
+            config=DESTINATIONS["wordpress/wp-config.php.j2"][0],
+        )
+        files += [
+            _file("wordpress/fetch-release.sh", render("wordpress/fetch-release.sh")),
+            _file("wordpress/db.php", render("wordpress/db.php"), release=rel),
+            _file("wordpress/wp-config-release.php.j2", release_config, release=rel),
+        ]
     return files
 
 
@@ -298,8 +310,9 @@ def drift(conn: Connection, files: list[File], target: str) -> Drift:
 
 def ensure_release(conn: Connection, spec: StackSpec) -> bool:
     """Download mode: WordPress and PG4WP fetched and verified by fetch-release, assembled
-    into the release directory (marked complete last, so a crash is redone). Returns
-    whether it was built."""
+    into the release directory and checked (PG4WP's code, the spec's theme) before it is
+    marked complete, last, so a crash is redone. A bad release is removed and the link is
+    never moved to it. Returns whether it was built."""
     rel = release_dir(spec)
     done = f"{rel}/.lifeboat-complete"
     if run(conn, f"test -e {done}", warn=True, timeout=30).ok:
@@ -312,30 +325,40 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
             conn, f"{FETCH} {q(pin.url)} {q(pin.sha256 or '')} {q(dest)}", warn=True, timeout=900
         )
         if not res.ok:
+            run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
             raise WordPressError(f"fetching {pin.url} failed: {last_line(res)}")
-    # PG4WP's drop-in: wp-content/pg4wp plus wp-content/db.php (loaded by WordPress core).
+    theme = spec.wordpress.theme
+    checks = {
+        f"{rel}/wp-settings.php": f"{v.wordpress.url} is not a WordPress release (no "
+        "wp-settings.php at its top)",
+        f"{rel}.pg4wp/pg4wp/db.php": f"{v.pg4wp.url} is not a PG4WP release (no pg4wp/db.php)",
+        f"{rel}/wp-content/themes/{theme}/style.css": f"{v.wordpress.url} has no theme "
+        f"{theme!r} (wp-content/themes/{theme}): pick a theme it carries in wordpress.theme",
+    }
+    for path, problem in checks.items():
+        if not run(conn, f"test -f {q(path)}", warn=True, timeout=30).ok:
+            run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
+            raise WordPressError(f"{problem}; nothing switched")
+    # PG4WP's code where its loader looks (wp-content/pg4wp); Lifeboat's db.php loads it.
+    # Uploads live outside the release, shared by every release (and kept in Spaces).
     run(
         conn,
         f"mv {q(rel + '.pg4wp')}/pg4wp {q(rel)}/wp-content/pg4wp && rm -rf {q(rel + '.pg4wp')} && "
-        f"cp {q(rel)}/wp-content/pg4wp/db.php {q(rel)}/wp-content/db.php && "
-        f"install -d -o www-data -g www-data -m 0755 {q(rel)}/wp-content/uploads && "
+        f"install -d -o www-data -g www-data -m 0755 {UPLOADS} && "
+        f"rm -rf {q(rel)}/wp-content/uploads && ln -s {UPLOADS} {q(rel)}/wp-content/uploads && "
         f"touch {done}",
         timeout=120,
     )
     return True
 
 
-def deploy(
-    conn: Connection, spec: StackSpec, files: list[File], target: str, fetch: bool
-) -> list[str]:
-    """Converge one droplet; reload or start only what needs it. Returns what was done.
-    With `fetch` (download mode) the release is built before the link moves to it."""
+def deploy(conn: Connection, files: list[File], target: str) -> list[str]:
+    """Converge one droplet (its release, if downloaded, is already built); reload or start
+    only what needs it. Returns what was done."""
     done: list[str] = []
     changed = [f.path for f in files if put(conn, f.path, f.content, f.mode, f.owner)]
     if changed:
         done.append("files " + ", ".join(changed))
-    if fetch and ensure_release(conn, spec):
-        done.append(f"release {target}")
     if run(conn, f'[ "$(readlink {DOCROOT})" = {shlex.quote(target)} ]', warn=True).ok is False:
         run(
             conn,
@@ -429,11 +452,14 @@ def wait_local_health(conn: Connection, spec: StackSpec, name: str, timeout: flo
         raise WordPressError(f"{name} failed its health gate after {timeout:.0f}s: {e.last}") from e
 
 
-def http_get(url: str, timeout: float = 8) -> tuple[int, dict[str, str], str]:
+def http_get(
+    url: str, timeout: float = 8, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
     """GET from the orchestrator: (status, headers with lowercase names and repeated ones
     joined by ", ", body); status 0 when unreachable."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, _headers(resp.headers), resp.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, _headers(exc.headers), exc.read().decode(errors="replace")
@@ -539,8 +565,7 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
 def _secret_sql(conn: Connection, spec: StackSpec, sql: str) -> None:
     """SQL that carries a password: in a 0600 file, removed at once (log_statement is off),
     never on a command line."""
-    put(conn, SQL_FILE, sql + "\n", "0600", "root:root")
-    try:
+    with secret_file(conn, SQL_FILE, sql + "\n"):
         _psql(
             conn,
             spec.haproxy.primary_port,
@@ -549,8 +574,6 @@ def _secret_sql(conn: Connection, spec: StackSpec, sql: str) -> None:
             PGPASS,
             file=SQL_FILE,
         )
-    finally:
-        run(conn, f"rm -f {SQL_FILE}", warn=True)
 
 
 def _sql_str(value: str) -> str:
@@ -641,6 +664,16 @@ def roll_one(stack: StackContext, lb: dict, host: Host) -> dict:
     target = core_dir(spec)
     in_lb = host.droplet_id in lb_members(do, lb["id"])
     with stack.remote.connect(host) as conn:
+        # A release is fetched, verified and checked while the droplet still serves the
+        # old one: a bad release stops the rollout here, before anything is switched.
+        built = []
+        try:
+            if not debian_package(spec) and ensure_release(conn, spec):
+                built = [f"release {target} built"]
+        except WordPressError as exc:
+            raise WordPressError(
+                f"rollout stopped at {host.name}, which still serves its old release: {exc}"
+            ) from None
         differs = drift(conn, files, target)
         if not differs and in_lb:
             wait_local_health(conn, spec, host.name, timeout=15)
@@ -652,8 +685,7 @@ def roll_one(stack: StackContext, lb: dict, host: Host) -> dict:
             if in_lb:
                 lb_remove(do, lb["id"], host.droplet_id)
         try:
-            fetch = not debian_package(spec)
-            done = deploy(conn, spec, files, target, fetch) if differs else []
+            done = built + (deploy(conn, files, target) if differs else [])
             wait_local_health(conn, spec, host.name)
         except WordPressError as exc:
             # The droplet stays out of the load balancer; the ones before it serve.
@@ -711,3 +743,60 @@ def _core_answer(base: str, spec: StackSpec) -> str:
     if code in (200, 301, 302):
         return f"WordPress answers HTTP {code}"
     raise WordPressError(f"WordPress answered / with HTTP {code}: {body[:200]!r}")
+
+
+# --- the site: installed once, and the content probe ---------------------------------------
+
+
+@task(name="install_site", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+def install_site(stack: StackContext, db_host: Host, web_host: Host) -> str:
+    """WordPress installed once (title, administrator, theme from the spec). `db_host`
+    runs HAProxy (where the WordPress role's pgpass is); `web_host` runs the installer."""
+    spec = stack.spec
+    wp = spec.wordpress
+    with stack.remote.connect(db_host) as db:
+        if site.installed(db, spec):
+            return f"unchanged: installed, theme {site.active_theme(db, spec)}"
+        with stack.remote.connect(web_host) as web:
+            site.install(web, spec, stack.wordpress_secrets[WORDPRESS_ADMIN])
+        if not site.installed(db, spec):
+            raise WordPressError("WordPress's installer said Success! but wrote no siteurl")
+        site.set_theme(db, spec)
+    return (
+        f"changed: installed {wp.site_title(spec.name)!r} (administrator {wp.admin_user}, "
+        f"theme {wp.theme}) on {web_host.name}"
+    )
+
+
+def read_probe(lb: dict, spec: StackSpec, written: dict[str, str]) -> str:
+    """The probe post, read through the load balancer's address on the front page (with
+    the theme) and by its own URL."""
+    base = f"http://{lb['ip']}"
+    host = {"Host": spec.wordpress.site_domain(spec.name)}
+    theme_path = f"/wp-content/themes/{spec.wordpress.theme}/"
+    code, _, body = http_get(base + "/", headers=host, timeout=30)
+    if code != 200 or written["title"] not in body:
+        raise WordPressError(
+            f"front page through {base} (HTTP {code}) does not show the probe post "
+            f"{written['title']!r}: {body[:200]!r}"
+        )
+    if theme_path not in body:
+        raise WordPressError(f"front page through {base} does not use the theme ({theme_path})")
+    path = site.path_of(written["link"])
+    code, _, body = http_get(base + path, headers=host, timeout=30)
+    if code != 200 or written["token"] not in body:
+        raise WordPressError(
+            f"probe post {path} through {base} answered HTTP {code} without its token: "
+            f"{body[:200]!r}"
+        )
+    return f"post {written['id']} {written['title']!r} read back through {base} on / and {path}"
+
+
+@task(name="probe", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def probe(stack: StackContext, lb: dict, web_host: Host) -> dict[str, str]:
+    """The content probe: the probe post written through WordPress on `web_host`, read
+    back through the load balancer. Returns the post ({"id", "title", "token", "link"})
+    and what was read ("read")."""
+    with stack.remote.connect(web_host) as conn:
+        written = site.write_probe(conn, stack.spec, stack.wordpress_secrets[WORDPRESS_ADMIN])
+    return written | {"read": read_probe(lb, stack.spec, written)}

@@ -2,7 +2,8 @@
 # fetch-release URL SHA256 DEST: download a release archive, check its SHA-256, and only
 # then unpack its single top-level directory as DEST (which must not exist yet).
 # Placed by Lifeboat (templates/wordpress/fetch-release.sh). Exit codes: 2 usage, 3 the
-# download failed, 4 checksum mismatch (nothing unpacked), 5 unexpected archive layout.
+# download failed, 4 checksum mismatch (nothing unpacked), 5 not a .tar.gz archive, or not
+# one top-level directory.
 set -eu
 [ $# -eq 3 ] || { echo "usage: fetch-release URL SHA256 DEST" >&2; exit 2; }
 url=$1 want=$2 dest=$3
@@ -23,7 +24,10 @@ if [ "$got" != "$want" ]; then
     exit 4
 fi
 mkdir "$work/tree"
-tar -xzf "$work/archive" -C "$work/tree" --no-same-owner
+if ! tar -xzf "$work/archive" -C "$work/tree" --no-same-owner 2>"$work/tar.err"; then
+    echo "$url is not a .tar.gz archive ($(head -c 200 "$work/tar.err" | tr '\n' ' '))" >&2
+    exit 5
+fi
 set -- "$work"/tree/*
 if [ $# -ne 1 ] || [ ! -d "$1" ]; then
     echo "$url does not unpack into one directory" >&2

@@ -23,6 +23,7 @@ import pytest
 from blocks.stack import StackSpec
 from lifeboat.waiting import wait_until
 from tasks import wordpress as wp
+from tasks.hosts import Host
 from tasks.render import TEMPLATES, render
 from tests.integration.test_templates import EXAMPLES, tool
 from tests.unit.test_wordpress_templates import SALTS
@@ -261,3 +262,37 @@ def test_fetch_release_refuses_odd_layouts_and_missing_files(tmp_path: Path) -> 
     path, sha = archive(tmp_path, ["a", "b"])
     assert fetch(f"file://{path}", sha, tmp_path / "x").returncode == 5
     assert fetch(f"file://{tmp_path}/missing.tar.gz", sha, tmp_path / "y").returncode == 3
+
+
+def test_fetch_release_refuses_a_file_that_is_not_an_archive(tmp_path: Path) -> None:
+    path = tmp_path / "release.tar.gz"
+    path.write_text("<html>not found</html>\n")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    out = fetch(f"file://{path}", sha, tmp_path / "z")
+    assert out.returncode == 5 and "is not a .tar.gz archive" in out.stderr, out.stderr
+    assert not (tmp_path / "z").exists()
+
+
+def test_release_dropin_and_config_lint(spec: StackSpec, tmp_path: Path) -> None:
+    """Lifeboat's db.php defines the compatibility function and then loads PG4WP from
+    beside it; a release's wp-config.php loads the shared one."""
+    release = spec.model_copy(
+        update={"wordpress": spec.wordpress.model_copy(update={"source": "release"})}
+    )
+    web = Host("w", 1, "198.18.0.9", "10.20.0.9", ("haproxy", "wordpress"))
+    files = {f.path: f for f in wp.site_files(release, web, [], NASTY, SALTS)}
+    rel = wp.release_dir(release)
+    dropin = files[f"{rel}/wp-content/db.php"]
+    config = files[f"{rel}/wp-config.php"]
+    for f in (dropin, config):
+        path = write(tmp_path, Path(f.path).name, f.content)
+        lint = php("-l", str(path))
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert f'require "{wp.DESTINATIONS["wordpress/wp-config.php.j2"][0]}";' in config.content
+    # Run it with a stand-in PG4WP loader beside it: the function exists before it loads.
+    (tmp_path / "pg4wp").mkdir()
+    (tmp_path / "pg4wp/db.php").write_text(
+        "<?php echo function_exists('wpsqli_connect') ? 'defined' : 'missing';"
+    )
+    out = php(str(tmp_path / "db.php"))
+    assert out.stdout == "defined", out.stdout + out.stderr
