@@ -21,6 +21,11 @@ from lab.config import CACHE_DIR
 MANIFEST = Path(__file__).resolve().parent.parent / "tasks" / "packages.txt"
 # Container plumbing, not part of what a real droplet needs installed by us.
 BOOT_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd"]
+# For bench/web.py only: the same WordPress on MariaDB, the setup a WordPress user would pick
+# instead. Masked in the image, so no droplet runs it unless the benchmark unmasks it.
+BENCH_PACKAGES = ["mariadb-server", "php-mysql"]
+BENCH_MASKED = ["mariadb.service"]
+BENCH_PHP_MODULES = ["mysqli", "pdo_mysql"]  # off, as on a droplet without php-mysql
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 IMAGES_DIR = CACHE_DIR / "images"
 CA_NAME = "lifeboat-lab-ca.crt"
@@ -65,7 +70,7 @@ def ensure_image(images_dir: Path = IMAGES_DIR) -> Path:
     argv = [
         "mmdebstrap",
         "--variant=minbase",
-        "--include=" + ",".join(BOOT_PACKAGES + manifest_packages()),
+        "--include=" + ",".join(BOOT_PACKAGES + manifest_packages() + BENCH_PACKAGES),
         "bookworm",
         str(rootfs),
         *mirror,
@@ -93,6 +98,11 @@ def _customize(rootfs: Path) -> None:
     subprocess.run(
         ["chroot", str(rootfs), "update-ca-certificates"], check=True, capture_output=True
     )
+    subprocess.run(
+        ["chroot", str(rootfs), "phpdismod", "-v", "ALL", "-s", "ALL", *BENCH_PHP_MODULES],
+        check=True,
+        capture_output=True,
+    )
     # Per-droplet identity is created at first boot (lab.containers.first_boot_setup).
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -106,6 +116,7 @@ def _customize(rootfs: Path) -> None:
         "console-getty.service",
         "getty@tty1.service",
         "systemd-networkd-wait-online.service",
+        *BENCH_MASKED,
     ):
         link = rootfs / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)

@@ -77,9 +77,14 @@ def test_health_through_load_balancer(stacks: dict, name: str, do: pydo.Client) 
     for path in ("/wp-config.php", "/.htaccess"):
         assert wp.http_get(f"http://{lb['ip']}{path}")[0] == 403
     hosts, remote = web_hosts(spec, "lab")
+    config = (
+        wp.DEBIAN_WP_CONFIG
+        if wp.debian_package(spec)
+        else wp.DESTINATIONS["wordpress/wp-config.php.j2"][0]
+    )
     try:
         with remote.connect(hosts[0]) as conn:
-            perms = run(conn, f"stat -c '%a %U:%G' {wp.DEBIAN_WP_CONFIG}").stdout.strip()
+            perms = run(conn, f"stat -c '%a %U:%G' {config}").stdout.strip()
     finally:
         remote.close()
     assert perms == "640 root:www-data"
