@@ -25,6 +25,7 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
     "wal/wal_agent.py": ("/usr/local/lib/lifeboat/wal_agent.py", "root:root", "0644"),
     "wal/basebackup.py": ("/usr/local/lib/lifeboat/basebackup.py", "root:root", "0644"),
     "wal/spaces_layout.py": ("/usr/local/lib/lifeboat/spaces_layout.py", "root:root", "0644"),
+    "wal/spaces_client.py": ("/usr/local/lib/lifeboat/spaces_client.py", "root:root", "0644"),
     "wal/archive.sh.j2": ("/usr/local/lib/lifeboat/wal-archive", "root:root", "0755"),
     "wal/restore.sh.j2": ("/usr/local/lib/lifeboat/wal-restore", "root:root", "0755"),
     "wal/wal.conf.j2": ("/etc/lifeboat/wal.conf", "postgres:postgres", "0600"),

@@ -103,7 +103,12 @@ def test_the_orchestrator_loads_the_file_the_droplets_get():
     assert layout.wal_key.__code__.co_filename == str(SOURCE)
     # Beside the programs that import it as a sibling module.
     placed = {t: DESTINATIONS[t][0] for t in DESTINATIONS if t.startswith("wal/") and ".py" in t}
-    assert set(placed) == {"wal/wal_agent.py", "wal/basebackup.py", "wal/spaces_layout.py"}
+    assert set(placed) == {
+        "wal/wal_agent.py",
+        "wal/basebackup.py",
+        "wal/spaces_layout.py",
+        "wal/spaces_client.py",
+    }
     assert {p.rsplit("/", 1)[0] for p in placed.values()} == {"/usr/local/lib/lifeboat"}
     assert placed["wal/spaces_layout.py"].endswith("/spaces_layout.py")
 
@@ -130,6 +135,8 @@ def test_the_cluster_run_places_it_before_the_agent(monkeypatch: pytest.MonkeyPa
     paths = [p for p, _ in placed]
     here = paths.index(DESTINATIONS["wal/spaces_layout.py"][0])
     assert here < paths.index(DESTINATIONS["wal/wal_agent.py"][0])
+    client = paths.index(DESTINATIONS["wal/spaces_client.py"][0])
+    assert client < paths.index(DESTINATIONS["wal/wal_agent.py"][0])
     assert dict(placed)[DESTINATIONS["wal/spaces_layout.py"][0]] == SOURCE.read_text()
     assert DESTINATIONS["wal/basebackup.py"][0] in paths
     assert f"systemctl restart {wal.UNIT}" in commands
