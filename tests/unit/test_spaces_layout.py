@@ -60,6 +60,47 @@ def test_keys_parse_back_and_other_stacks_do_not():
     assert not layout.backup_area("blog", f"blog/{SID}/wal/{SEG}.zst")
 
 
+def test_media_keys_are_beside_the_system_ids_and_parse_back():
+    assert layout.media_prefix("blog") == "blog/media/"
+    assert layout.media_key("blog", "2026/11/photo.jpg") == "blog/media/2026/11/photo.jpg"
+    assert layout.media_key("/blog/", "a.png") == "blog/media/a.png"
+    assert layout.media_key("", "a.png") == "media/a.png"
+    assert layout.media_prefix("") == "media/"
+    assert layout.parse_media("blog", "blog/media/2026/11/photo.jpg") == "2026/11/photo.jpg"
+    assert layout.parse_media("a/b", layout.media_key("a/b", "x/y.jpg")) == "x/y.jpg"
+    assert layout.parse_media("", "media/x.jpg") == "x.jpg"
+    # Another stack's, WAL, backups, the folder itself: not media.
+    assert layout.parse_media("blog", "blog2/media/x.jpg") is None
+    assert layout.parse_media("blog", layout.wal_key("blog", SID, SEG)) is None
+    assert layout.parse_media("blog", "blog/media/") is None
+    assert layout.parse_media("blog", "blog/media") is None
+
+
+@pytest.mark.parametrize(
+    "path", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", ".", "a\0b"]
+)
+def test_media_paths_that_could_escape_uploads_are_refused(path: str):
+    with pytest.raises(ValueError):
+        layout.media_key("blog", path)
+    assert layout.parse_media("blog", "blog/media/" + path) is None
+
+
+def test_media_named_like_wal_or_backups_is_never_read_as_them():
+    """A WordPress upload folder called `wal` or `backups` must not become WAL to prune or
+    a cut-off backup to delete."""
+    wal_like = layout.media_key("blog", f"wal/{SEG}.zst")
+    backup_like = layout.media_key("blog", "backups/b1/manifest.json")
+    orphan_like = layout.media_key("blog", "backups/cut/base.tar.zst")
+    assert layout.parse_wal("blog", wal_like) is None
+    assert layout.parse_backup("blog", backup_like) is None
+    assert not layout.is_manifest("blog", backup_like)
+    assert not layout.backup_area("blog", orphan_like)
+    keys = [wal_like, backup_like, orphan_like, layout.wal_key("blog", SID, SEG)]
+    assert catalog.wal_names(keys, "blog") == {SID: [SEG]}
+    assert catalog.manifests(keys, "blog") == []
+    assert catalog.orphans(keys, "blog") == []
+
+
 def test_the_catalog_reads_a_listing_through_the_layout():
     other = "9999"
     keys = [
