@@ -40,6 +40,14 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
         "0644",
     ),
     "wordpress/fetch-release.sh": ("/usr/local/lib/lifeboat/fetch-release", "root:root", "0755"),
+    # The media agent imports wal/spaces_client.py and wal/spaces_layout.py: placed beside it.
+    "wordpress/media_agent.py": ("/usr/local/lib/lifeboat/media_agent.py", "root:root", "0644"),
+    "wordpress/media.conf.j2": ("/etc/lifeboat/media.conf", "root:root", "0600"),
+    "wordpress/lifeboat-media.service.j2": (
+        "/etc/systemd/system/lifeboat-media.service",
+        "root:root",
+        "0644",
+    ),
     "wal/lifeboat-wal-agent.service.j2": (
         "/etc/systemd/system/lifeboat-wal-agent.service",
         "root:root",
