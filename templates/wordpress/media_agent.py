@@ -353,7 +353,7 @@ class Agent:
             if not stat.S_ISREG(before.st_mode):
                 return False
             if before.st_size > MAX_PUT:
-                raise Failure(f"{path}: {before.st_size} bytes, more than one PUT takes")
+                raise Failure(f"{before.st_size} bytes, more than one PUT takes")
             sha = hashlib.sha256()
             md5 = hashlib.md5(usedforsecurity=False)
             while block := f.read(READ_SIZE):
@@ -422,17 +422,20 @@ class Agent:
         except (BotoCoreError, ClientError) as e:
             return 0, [f"list {spaces_layout.media_prefix(self.s.prefix)}: {describe(e)}"]
         pulled, failures = 0, []
-        for path in to_pull(listing, scan(self.root), self.index.entries):
+        files = scan(self.root)
+        for path in to_pull(listing, files, self.index.entries):
             if self.stop.is_set():
                 break
             try:
-                pulled += self.pull_one(path, listing[path])
+                pulled += self.pull_one(path, present=path in files)
             except Exception as e:
                 failures.append(f"pull {self.key(path)}: {describe(e)}")
         self.index.save()
         return pulled, failures
 
-    def pull_one(self, path: str, etag: str) -> bool:
+    def pull_one(self, path: str, present: bool) -> bool:
+        """Fetch one object into place. `present`: the file is here, as the index saw it
+        (to_pull), so the same bytes stored again need no write."""
         key = self.key(path)
         try:
             obj = self.client.get_object(Bucket=self.s.bucket, Key=key)
@@ -444,18 +447,18 @@ class Agent:
         try:
             expected = obj["Metadata"].get("sha256", "")
             if len(expected) != 64:
-                raise Failure(f"{key}: the stored object has no sha256: not written")
+                raise Failure("the stored object has no sha256: not written")
             entry = self.index.get(path)
-            if entry is not None and entry.sha256 == expected:
+            if present and entry is not None and entry.sha256 == expected:
                 self.index.record(path, dataclasses.replace(entry, etag=obj["ETag"]))
                 return False  # the same bytes stored again: nothing to write
-            size = self.write(path, key, body, expected, obj["ETag"])
+            size = self.write(path, body, expected, obj["ETag"])
         finally:
             body.close()
         log.info("pulled %s (%d bytes)", path, size)
         return True
 
-    def write(self, path: str, key: str, body: Any, expected: str, etag: str) -> int:
+    def write(self, path: str, body: Any, expected: str, etag: str) -> int:
         """Into a temp file beside the destination, checked, fsynced, 0644, chowned, then
         renamed: the destination is either untouched or complete and verified."""
         name = os.path.basename(path)
@@ -474,7 +477,7 @@ class Agent:
                         size += len(block)
                     if digest.hexdigest() != expected:
                         raise Failure(
-                            f"{key}: fetched bytes have sha256 {digest.hexdigest()}, the "
+                            f"fetched bytes have sha256 {digest.hexdigest()}, the "
                             f"object's metadata says {expected}: corrupt object, not written"
                         )
                     out.flush()
@@ -555,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sync", help="one push, then one pull; exit 1 if anything failed")
     sub.add_parser("run", help="push and pull in a loop until SIGTERM")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # `sync` says what it did in one line on stdout and each failure in one on stderr.
+    level = logging.WARNING if args.command == "sync" else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     settings = spaces_client.load(args.config, Settings)
     if not os.path.isdir(args.dir):
