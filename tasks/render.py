@@ -25,6 +25,7 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
     "wal/wal_agent.py": ("/usr/local/lib/lifeboat/wal_agent.py", "root:root", "0644"),
     "wal/basebackup.py": ("/usr/local/lib/lifeboat/basebackup.py", "root:root", "0644"),
     "wal/spaces_layout.py": ("/usr/local/lib/lifeboat/spaces_layout.py", "root:root", "0644"),
+    "wal/spaces_client.py": ("/usr/local/lib/lifeboat/spaces_client.py", "root:root", "0644"),
     "wal/archive.sh.j2": ("/usr/local/lib/lifeboat/wal-archive", "root:root", "0755"),
     "wal/restore.sh.j2": ("/usr/local/lib/lifeboat/wal-restore", "root:root", "0755"),
     "wal/wal.conf.j2": ("/etc/lifeboat/wal.conf", "postgres:postgres", "0600"),
@@ -42,6 +43,14 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
     # Inside each release directory ({release} is filled in by tasks/wordpress.py).
     "wordpress/db.php": ("{release}/wp-content/db.php", "root:root", "0644"),
     "wordpress/wp-config-release.php.j2": ("{release}/wp-config.php", "root:root", "0644"),
+    # The media agent imports wal/spaces_client.py and wal/spaces_layout.py: placed beside it.
+    "wordpress/media_agent.py": ("/usr/local/lib/lifeboat/media_agent.py", "root:root", "0644"),
+    "wordpress/media.conf.j2": ("/etc/lifeboat/media.conf", "root:root", "0600"),
+    "wordpress/lifeboat-media.service.j2": (
+        "/etc/systemd/system/lifeboat-media.service",
+        "root:root",
+        "0644",
+    ),
     "wal/lifeboat-wal-agent.service.j2": (
         "/etc/systemd/system/lifeboat-wal-agent.service",
         "root:root",

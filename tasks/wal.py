@@ -30,12 +30,13 @@ def config_context(spec: StackSpec, spaces: dict[str, str]) -> dict[str, str]:
 
 
 def configure(conn: Connection, spec: StackSpec, spaces: dict[str, str]) -> bool:
-    """Place the agent, the object layout it imports, its scripts, config (0600 postgres: it
-    holds the Spaces keys) and unit, and the base backup program; (re)start the agent when
-    any of its files changed. Returns whether anything changed."""
+    """Place the agent, the object layout and Spaces client it imports, its scripts, config
+    (0600 postgres: it holds the Spaces keys) and unit, and the base backup program;
+    (re)start the agent when any of its files changed. Returns whether anything changed."""
     files = {
-        # First: the agent imports it, and a restart must never find the agent without it.
+        # First: the agent imports them; a restart must never find the agent without them.
         "wal/spaces_layout.py": (TEMPLATES / "wal" / "spaces_layout.py").read_text(),
+        "wal/spaces_client.py": (TEMPLATES / "wal" / "spaces_client.py").read_text(),
         "wal/wal_agent.py": (TEMPLATES / "wal" / "wal_agent.py").read_text(),
         "wal/archive.sh.j2": render("wal/archive.sh.j2"),
         "wal/restore.sh.j2": render("wal/restore.sh.j2"),

@@ -3,17 +3,22 @@
   <prefix>/<system id>/wal/<WAL file name>.zst                (wal_agent.py)
   <prefix>/<system id>/backups/<backup id>/base.tar.zst       (basebackup.py)
   <prefix>/<system id>/backups/<backup id>/manifest.json      (the orchestrator, last)
+  <prefix>/media/<path under wp-content/uploads>              (media_agent.py, web droplets)
 
 <prefix> is the stack's name (wal.conf's `prefix`; the droplet programs strip slashes
 around it and leave it out when empty). Under it, one folder per PostgreSQL system
 identifier: a re-bootstrapped or restored cluster reuses segment names, so clusters that
 share a prefix never collide. A backup is in the catalog only when its manifest is stored
 and every object the manifest lists is stored at the size it records (tasks/catalog.py).
+WordPress media belong to the site, not to a cluster: they sit in one `media` folder beside
+the system ids (which are digits, so never `media`), and the WAL and backup parsers never
+read a media key as theirs, whatever a file under uploads/ is called.
 
 Who imports it:
-- the droplet programs (wal_agent.py, basebackup.py), which run on database droplets with
-  Debian's python3 from /usr/local/lib/lifeboat/: this file is placed there beside them
-  (tasks/wal.py) and they import it as the sibling module `spaces_layout`;
+- the droplet programs (wal_agent.py, basebackup.py on database droplets, media_agent.py
+  on web droplets), which run with Debian's python3 from /usr/local/lib/lifeboat/: this
+  file is placed there beside them and they import it as the sibling module
+  `spaces_layout`;
 - the orchestrator (tasks/backup.py, tasks/catalog.py and anything that names keys), as
   `tasks.layout`, a loader that executes this very file.
 
@@ -35,6 +40,7 @@ __all__ = [
     "MANIFEST",
     "WAL",
     "WAL_SUFFIX",
+    "MEDIA",
     "BackupObject",
     "backup_area",
     "backup_dir",
@@ -43,7 +49,10 @@ __all__ = [
     "base_key",
     "is_manifest",
     "manifest_key",
+    "media_key",
+    "media_prefix",
     "parse_backup",
+    "parse_media",
     "parse_wal",
     "root",
     "stack_prefix",
@@ -56,6 +65,7 @@ BACKUPS = "backups"  # one folder per base backup under it
 BASE = "base.tar.zst"  # a base backup's data: pg_basebackup's tar, zstd-compressed
 MANIFEST = "manifest.json"  # a base backup's manifest, written last
 WAL_SUFFIX = ".zst"  # an archived WAL file: its PostgreSQL name + this
+MEDIA = "media"  # WordPress uploads, beside the system ids (never one: those are digits)
 
 
 def root(prefix: str) -> str:
@@ -103,12 +113,42 @@ def manifest_key(prefix: str, system_id: str, backup_id: str) -> str:
     return backup_key(prefix, system_id, backup_id, MANIFEST)
 
 
+def media_prefix(prefix: str) -> str:
+    """Every media object of the stack: the listing prefix."""
+    return _join(prefix, MEDIA) + "/"
+
+
+def _media_parts(path: str) -> list[str] | None:
+    parts = path.split("/")
+    if any(p in ("", ".", "..") or "\0" in p for p in parts):
+        return None
+    return parts
+
+
+def media_key(prefix: str, path: str) -> str:
+    """A media file, by its path relative to wp-content/uploads ("2026/11/photo.jpg")."""
+    if _media_parts(path) is None:
+        raise ValueError(f"not a relative media path: {path!r}")
+    return _join(prefix, MEDIA, path)
+
+
+def parse_media(prefix: str, key: str) -> str | None:
+    """The path relative to uploads/ of a media object; None for any other key, and for a
+    key no file could safely be written from (empty, "." or ".." parts)."""
+    start = media_prefix(prefix)
+    if not key.startswith(start) or _media_parts(key[len(start) :]) is None:
+        return None
+    return key[len(start) :]
+
+
 def _under(prefix: str, key: str) -> list[str] | None:
-    """The key's parts below the stack's prefix; None when it is not under it."""
+    """The key's parts below the stack's prefix, below a system id; None when it is not
+    under the prefix or is a media key."""
     start = stack_prefix(prefix)
     if not key.startswith(start):
         return None
-    return key[len(start) :].split("/")
+    parts = key[len(start) :].split("/")
+    return None if parts[0] == MEDIA else parts
 
 
 def parse_wal(prefix: str, key: str) -> tuple[str, str] | None:

@@ -25,7 +25,8 @@ Objects: <prefix>/<system identifier>/wal/<name>.zst (spaces_layout.py, beside t
 owns the layout), one zstd frame, with metadata sha256 (hex, of the original bytes), size
 (original bytes) and compression=zstd. The system identifier comes from global/pg_control,
 so clusters that share a prefix (a re-bootstrap, a restore into a new cluster) never
-collide on segment names.
+collide on segment names. The config file and the S3 client are spaces_client.py's (beside
+this file too), shared with the media agent on web droplets.
 
 One-shot mode, one process per file (the benchmark's baseline; also handy by hand):
   agent.py [--config FILE] archive NAME PATH | restore NAME DEST
@@ -45,22 +46,19 @@ import re
 import signal
 import socket
 import socketserver
-import stat
 import struct
 import sys
 import tempfile
 import threading
 import time
-import tomllib
 from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
-import spaces_layout  # beside this file (/usr/local/lib/lifeboat/ on a droplet)
+import spaces_client  # beside this file (/usr/local/lib/lifeboat/ on a droplet)
+import spaces_layout
 import zstandard
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 log = logging.getLogger("lifeboat-wal-agent")
@@ -89,64 +87,20 @@ class ConditionFailed(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    endpoint: str
-    region: str
-    bucket: str
-    prefix: str
-    access_key: str = dataclasses.field(repr=False)
-    secret_key: str = dataclasses.field(repr=False)
-    ca_bundle: str = ""  # "" = the system's CAs
+class Settings(spaces_client.Settings):
+    """wal.conf: the shared Spaces keys (spaces_client.py) and the agent's own."""
+
     socket: str = "/run/lifeboat/wal.sock"
     zstd_level: int = 1  # on WAL as small as 3, a third of the CPU (~22 vs 66 ms/segment)
-    connect_timeout: float = 3
-    read_timeout: float = 30
-    max_attempts: int = 3  # per S3 call, first try included
     read_ahead: int = 2  # files uploaded in the background while PostgreSQL waits; 0: off
 
 
 def load_settings(path: str) -> Settings:
     """The TOML config; refused when anyone but its owner could read the keys in it."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        raise SystemExit(f"{path} holds the Spaces keys: make it mode 0600 (it is {mode:04o})")
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    known = {f.name for f in dataclasses.fields(Settings)}
-    if unknown := sorted(set(data) - known):
-        raise SystemExit(f"{path}: unknown keys {unknown}")
-    required = {f.name for f in dataclasses.fields(Settings) if f.default is dataclasses.MISSING}
-    if missing := sorted(required - set(data)):
-        raise SystemExit(f"{path}: missing keys {missing}")
-    return Settings(**data)
+    return spaces_client.load(path, Settings)
 
 
-def s3_client(s: Settings) -> Any:
-    options: dict[str, Any] = {
-        "s3": {"addressing_style": "path"},
-        "connect_timeout": s.connect_timeout,
-        "read_timeout": s.read_timeout,
-        "retries": {"max_attempts": s.max_attempts, "mode": "standard"},
-    }
-    try:
-        # botocore >= 1.36 sends CRC checksum headers that S3-compatible stores reject.
-        # Debian 12's botocore (1.29) predates both those headers and these options.
-        config = Config(
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            **options,
-        )
-    except TypeError:
-        config = Config(**options)
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=s.endpoint,
-        region_name=s.region,
-        aws_access_key_id=s.access_key,
-        aws_secret_access_key=s.secret_key,
-        verify=s.ca_bundle or True,
-        config=config,
-    )
+s3_client = spaces_client.client
 
 
 def system_identifier(path: str, pgdata: str | None) -> str:

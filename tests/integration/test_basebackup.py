@@ -51,7 +51,7 @@ def server(moto: Moto) -> Iterator[Server]:
         pytest.fail("PostgreSQL is not installed: apt-get install -y postgresql-15")
     base = Path(tempfile.mkdtemp(prefix="lifeboat-basebackup-"))
     data, port = base / "data", free_port()
-    for name in ("basebackup.py", "wal_agent.py", "spaces_layout.py"):
+    for name in ("basebackup.py", "wal_agent.py", "spaces_layout.py", "spaces_client.py"):
         shutil.copy(TEMPLATES / "wal" / name, base / name)
     write_config(base / "wal.conf", moto.endpoint, base / "unused.sock")
     shutil.chown(base, "postgres", "postgres")

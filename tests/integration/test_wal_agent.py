@@ -109,6 +109,7 @@ class Moto:
     proc: subprocess.Popen
     endpoint: str
     client: object
+    log: Path  # its request log among the rest: one line per request
 
     def stopped(self) -> _Paused:
         return _Paused(self.proc)
@@ -160,7 +161,7 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
         client.create_bucket(
             Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "nyc3"}
         )
-        yield Moto(proc, endpoint, client)
+        yield Moto(proc, endpoint, client, tmp / "moto.log")
     finally:
         proc.send_signal(signal.SIGCONT)  # in case a test stopped it and failed
         proc.terminate()

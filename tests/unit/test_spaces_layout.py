@@ -60,6 +60,47 @@ def test_keys_parse_back_and_other_stacks_do_not():
     assert not layout.backup_area("blog", f"blog/{SID}/wal/{SEG}.zst")
 
 
+def test_media_keys_are_beside_the_system_ids_and_parse_back():
+    assert layout.media_prefix("blog") == "blog/media/"
+    assert layout.media_key("blog", "2026/11/photo.jpg") == "blog/media/2026/11/photo.jpg"
+    assert layout.media_key("/blog/", "a.png") == "blog/media/a.png"
+    assert layout.media_key("", "a.png") == "media/a.png"
+    assert layout.media_prefix("") == "media/"
+    assert layout.parse_media("blog", "blog/media/2026/11/photo.jpg") == "2026/11/photo.jpg"
+    assert layout.parse_media("a/b", layout.media_key("a/b", "x/y.jpg")) == "x/y.jpg"
+    assert layout.parse_media("", "media/x.jpg") == "x.jpg"
+    # Another stack's, WAL, backups, the folder itself: not media.
+    assert layout.parse_media("blog", "blog2/media/x.jpg") is None
+    assert layout.parse_media("blog", layout.wal_key("blog", SID, SEG)) is None
+    assert layout.parse_media("blog", "blog/media/") is None
+    assert layout.parse_media("blog", "blog/media") is None
+
+
+@pytest.mark.parametrize(
+    "path", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", ".", "a\0b"]
+)
+def test_media_paths_that_could_escape_uploads_are_refused(path: str):
+    with pytest.raises(ValueError):
+        layout.media_key("blog", path)
+    assert layout.parse_media("blog", "blog/media/" + path) is None
+
+
+def test_media_named_like_wal_or_backups_is_never_read_as_them():
+    """A WordPress upload folder called `wal` or `backups` must not become WAL to prune or
+    a cut-off backup to delete."""
+    wal_like = layout.media_key("blog", f"wal/{SEG}.zst")
+    backup_like = layout.media_key("blog", "backups/b1/manifest.json")
+    orphan_like = layout.media_key("blog", "backups/cut/base.tar.zst")
+    assert layout.parse_wal("blog", wal_like) is None
+    assert layout.parse_backup("blog", backup_like) is None
+    assert not layout.is_manifest("blog", backup_like)
+    assert not layout.backup_area("blog", orphan_like)
+    keys = [wal_like, backup_like, orphan_like, layout.wal_key("blog", SID, SEG)]
+    assert catalog.wal_names(keys, "blog") == {SID: [SEG]}
+    assert catalog.manifests(keys, "blog") == []
+    assert catalog.orphans(keys, "blog") == []
+
+
 def test_the_catalog_reads_a_listing_through_the_layout():
     other = "9999"
     keys = [
@@ -103,7 +144,12 @@ def test_the_orchestrator_loads_the_file_the_droplets_get():
     assert layout.wal_key.__code__.co_filename == str(SOURCE)
     # Beside the programs that import it as a sibling module.
     placed = {t: DESTINATIONS[t][0] for t in DESTINATIONS if t.startswith("wal/") and ".py" in t}
-    assert set(placed) == {"wal/wal_agent.py", "wal/basebackup.py", "wal/spaces_layout.py"}
+    assert set(placed) == {
+        "wal/wal_agent.py",
+        "wal/basebackup.py",
+        "wal/spaces_layout.py",
+        "wal/spaces_client.py",
+    }
     assert {p.rsplit("/", 1)[0] for p in placed.values()} == {"/usr/local/lib/lifeboat"}
     assert placed["wal/spaces_layout.py"].endswith("/spaces_layout.py")
 
@@ -130,6 +176,8 @@ def test_the_cluster_run_places_it_before_the_agent(monkeypatch: pytest.MonkeyPa
     paths = [p for p, _ in placed]
     here = paths.index(DESTINATIONS["wal/spaces_layout.py"][0])
     assert here < paths.index(DESTINATIONS["wal/wal_agent.py"][0])
+    client = paths.index(DESTINATIONS["wal/spaces_client.py"][0])
+    assert client < paths.index(DESTINATIONS["wal/wal_agent.py"][0])
     assert dict(placed)[DESTINATIONS["wal/spaces_layout.py"][0]] == SOURCE.read_text()
     assert DESTINATIONS["wal/basebackup.py"][0] in paths
     assert f"systemctl restart {wal.UNIT}" in commands
