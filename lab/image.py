@@ -23,9 +23,8 @@ MANIFEST = Path(__file__).resolve().parent.parent / "tasks" / "packages.txt"
 BOOT_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd"]
 # For bench/web.py only: the same WordPress on MariaDB, the setup a WordPress user would pick
 # instead. Masked in the image, so no droplet runs it unless the benchmark unmasks it.
-BENCH_PACKAGES = ["mariadb-server", "php-mysql"]
+BENCH_PACKAGES = ["mariadb-server"]
 BENCH_MASKED = ["mariadb.service"]
-BENCH_PHP_MODULES = ["mysqli", "pdo_mysql"]  # off, as on a droplet without php-mysql
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 IMAGES_DIR = CACHE_DIR / "images"
 CA_NAME = "lifeboat-lab-ca.crt"
@@ -97,11 +96,6 @@ def _customize(rootfs: Path) -> None:
     shutil.copy(ca.ensure_ca(), rootfs / "usr/local/share/ca-certificates" / CA_NAME)
     subprocess.run(
         ["chroot", str(rootfs), "update-ca-certificates"], check=True, capture_output=True
-    )
-    subprocess.run(
-        ["chroot", str(rootfs), "phpdismod", "-v", "ALL", "-s", "ALL", *BENCH_PHP_MODULES],
-        check=True,
-        capture_output=True,
     )
     # Per-droplet identity is created at first boot (lab.containers.first_boot_setup).
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):

@@ -39,8 +39,9 @@ from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import curl, droplets, site
 from tasks.haproxy import PGPASS, place_pgpass
 from tasks.hosts import Host, put, run, secret_file
-from tasks.render import DESTINATIONS, render
+from tasks.render import DESTINATIONS, TEMPLATES, render
 from tasks.sql import literal, psql, through_haproxy
+from tasks.wal import config_context
 
 if TYPE_CHECKING:
     from tasks.context import StackContext
@@ -48,6 +49,17 @@ if TYPE_CHECKING:
 PHP_FPM = "php8.2-fpm"  # Debian 12's
 PHP_SOCKET = "/run/php/php8.2-fpm.sock"
 SERVICES = ("nginx", PHP_FPM)
+# The media agent (templates/wordpress/media_agent.py): wp-content/uploads kept in the
+# stack's bucket, on every web droplet of the `release` source. Its files, in the order they
+# are placed (it imports the first two).
+MEDIA_UNIT = "lifeboat-media"
+MEDIA_TEMPLATES = (
+    "wal/spaces_layout.py",
+    "wal/spaces_client.py",
+    "wordpress/media_agent.py",
+    "wordpress/media.conf.j2",
+    "wordpress/lifeboat-media.service.j2",
+)
 BASE = "/var/www/lifeboat"
 DOCROOT = f"{BASE}/wordpress"  # symlink to the active release
 RELEASES = f"{BASE}/releases"
@@ -73,6 +85,11 @@ class WordPressError(RuntimeError):
 def debian_package(spec: StackSpec) -> bool:
     """WordPress core from Debian's package, no PG4WP (`wordpress.source`)."""
     return spec.wordpress.source == "debian-package"
+
+
+def services(spec: StackSpec) -> tuple[str, ...]:
+    """The services a web droplet runs (the media agent with the `release` source)."""
+    return SERVICES if debian_package(spec) else (*SERVICES, MEDIA_UNIT)
 
 
 def source_note(spec: StackSpec) -> str:
@@ -207,8 +224,10 @@ def site_files(
     haproxy_hosts: list[Host],
     password: str,
     salts: dict[str, str],
+    spaces: dict[str, str] | None = None,
 ) -> list[File]:
-    """Every file the web tier places on `host`."""
+    """Every file the web tier places on `host`. `spaces` (endpoint, region, keys): the
+    media agent's settings, needed with the `release` source."""
     debian = debian_package(spec)
     db_host, port = db_address(spec, host, haproxy_hosts)
     dsn_host = f"{db_host}:{port}"
@@ -242,7 +261,25 @@ def site_files(
             _file("wordpress/db.php", render("wordpress/db.php"), release=rel),
             _file("wordpress/wp-config-release.php.j2", release_config, release=rel),
         ]
+        files += media_files(spec, spaces)
     return files
+
+
+def media_files(spec: StackSpec, spaces: dict[str, str] | None) -> list[File]:
+    if spaces is None:
+        raise WordPressError("the release source needs the stack's Spaces settings (media)")
+    content = {
+        "wordpress/media.conf.j2": render(
+            "wordpress/media.conf.j2", **config_context(spec, spaces)
+        ),
+        "wordpress/lifeboat-media.service.j2": render(
+            "wordpress/lifeboat-media.service.j2", uploads_dir=UPLOADS
+        ),
+    }
+    return [
+        _file(t, content[t] if t in content else (TEMPLATES / t).read_text())
+        for t in MEDIA_TEMPLATES
+    ]
 
 
 # --- what differs on a droplet -------------------------------------------------------------
@@ -277,7 +314,9 @@ def _digest(file: File) -> str:
     return f"{int(file.mode, 8):o} {file.owner} {hashlib.sha256(file.content.encode()).hexdigest()}"
 
 
-def drift(conn: Connection, files: list[File], target: str) -> Drift:
+def drift(
+    conn: Connection, files: list[File], target: str, units: tuple[str, ...] = SERVICES
+) -> Drift:
     """One SSH round trip: each file's mode, owner and checksum, the release link, the
     enabled sites, the services."""
     lines = [
@@ -291,7 +330,7 @@ def drift(conn: Connection, files: list[File], target: str) -> Drift:
     lines += [
         f"systemctl is-active --quiet {s} && systemctl is-enabled --quiet {s} && echo up "
         "|| echo down"
-        for s in SERVICES
+        for s in units
     ]
     out = run(conn, "\n".join(lines), timeout=60).stdout.splitlines()
     found = Drift()
@@ -301,7 +340,7 @@ def drift(conn: Connection, files: list[File], target: str) -> Drift:
     rest = out[len(files) :]
     found.link = rest[0].strip() != target
     found.site = rest[1].strip() != SITE or rest[2].strip() == "default"
-    found.stopped = [s for s, st in zip(SERVICES, rest[3:], strict=True) if st.strip() != "up"]
+    found.stopped = [s for s, st in zip(units, rest[3:], strict=True) if st.strip() != "up"]
     return found
 
 
@@ -317,6 +356,8 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
     done = f"{rel}/.lifeboat-complete"
     if run(conn, f"test -e {done}", warn=True, timeout=30).ok:
         return False
+    fetch = _file("wordpress/fetch-release.sh", render("wordpress/fetch-release.sh"))
+    put(conn, fetch.path, fetch.content, fetch.mode, fetch.owner)
     v = spec.wordpress.versions
     q = shlex.quote
     run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", timeout=120)
@@ -352,7 +393,9 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
     return True
 
 
-def deploy(conn: Connection, files: list[File], target: str) -> list[str]:
+def deploy(
+    conn: Connection, files: list[File], target: str, units: tuple[str, ...] = SERVICES
+) -> list[str]:
     """Converge one droplet (its release, if downloaded, is already built); reload or start
     only what needs it. Returns what was done."""
     done: list[str] = []
@@ -380,8 +423,16 @@ def deploy(conn: Connection, files: list[File], target: str) -> list[str]:
         check = run(conn, "nginx -t -q", warn=True, timeout=60)
         if not check.ok:
             raise WordPressError(f"nginx -t rejected the site: {check.stderr.strip()}")
-    for service in SERVICES:
-        done += _service(conn, service, reload=service == "nginx" and site_changed)
+    media = {DESTINATIONS[t][0] for t in MEDIA_TEMPLATES} & set(changed)
+    if media:
+        run(conn, "systemctl daemon-reload", timeout=60)
+    for service in units:
+        done += _service(
+            conn,
+            service,
+            reload=service == "nginx" and site_changed,
+            restart=service == MEDIA_UNIT and bool(media),
+        )
     return done
 
 
@@ -391,20 +442,21 @@ def last_line(res: Result) -> str:
     return lines[-1] if lines else f"exit status {res.exited}, no output"
 
 
-def _service(conn: Connection, service: str, reload: bool) -> list[str]:
+def _service(conn: Connection, service: str, reload: bool, restart: bool = False) -> list[str]:
     active = run(conn, f"systemctl is-active --quiet {service}", warn=True, timeout=30).ok
     enabled = run(conn, f"systemctl is-enabled --quiet {service}", warn=True, timeout=30).ok
-    if active and enabled and not reload:
+    if active and enabled and not (reload or restart):
         return []
     cmd = f"systemctl enable --quiet {service}" if not enabled else ""
-    if not active:
-        cmd += f"{' && ' if cmd else ''}systemctl start {service}"
-    elif reload:
-        cmd += f"{' && ' if cmd else ''}systemctl reload {service}"
-    res = run(conn, cmd, warn=True, timeout=90)
+    verb = "start" if not active else "restart" if restart else "reload"
+    if not active or restart or reload:
+        cmd += f"{' && ' if cmd else ''}systemctl {verb} {service}"
+    # The media agent's start returns once it has every object (the first, on a new
+    # droplet, fetches the whole library): it is in before the droplet joins the site.
+    res = run(conn, cmd, warn=True, timeout=1800 if service == MEDIA_UNIT else 90)
     if not res.ok:
         raise WordPressError(f"{service} could not be started: {last_line(res)}")
-    return [("started " if not active else "reloaded ") + service]
+    return [{"start": "started ", "restart": "restarted ", "reload": "reloaded "}[verb] + service]
 
 
 # --- health --------------------------------------------------------------------------------
@@ -660,7 +712,9 @@ def roll_one(stack: StackContext, lb: dict, host: Host) -> dict:
     t0 = time.monotonic()
     spec, do, secrets = stack.spec, stack.do, stack.wordpress_secrets
     salts = {k: secrets[k] for k in WORDPRESS_SALTS}
-    files = site_files(spec, host, stack.with_role("haproxy"), secrets[WORDPRESS_DB], salts)
+    spaces = None if debian_package(spec) else stack.spaces_settings().reveal()
+    files = site_files(spec, host, stack.with_role("haproxy"), secrets[WORDPRESS_DB], salts, spaces)
+    units = services(spec)
     target = core_dir(spec)
     in_lb = host.droplet_id in lb_members(do, lb["id"])
     with stack.remote.connect(host) as conn:
@@ -674,7 +728,7 @@ def roll_one(stack: StackContext, lb: dict, host: Host) -> dict:
             raise WordPressError(
                 f"rollout stopped at {host.name}, which still serves its old release: {exc}"
             ) from None
-        differs = drift(conn, files, target)
+        differs = drift(conn, files, target, units)
         if not differs and in_lb:
             wait_local_health(conn, spec, host.name, timeout=15)
             return {"outcome": "unchanged", "seconds": round(time.monotonic() - t0, 1)}
@@ -685,7 +739,7 @@ def roll_one(stack: StackContext, lb: dict, host: Host) -> dict:
             if in_lb:
                 lb_remove(do, lb["id"], host.droplet_id)
         try:
-            done = built + (deploy(conn, files, target) if differs else [])
+            done = built + (deploy(conn, files, target, units) if differs else [])
             wait_local_health(conn, spec, host.name)
         except WordPressError as exc:
             # The droplet stays out of the load balancer; the ones before it serve.
