@@ -184,3 +184,21 @@ def path_of(link: str) -> str:
     orchestrator may not resolve: it asks the load balancer's address with a Host header)."""
     parts = urllib.parse.urlsplit(link)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def upload_media(
+    conn: Connection, spec: StackSpec, admin_password: str, name: str, data: bytes, mime: str
+) -> dict[str, str]:
+    """A file uploaded into WordPress's media library through XML-RPC on the web droplet
+    `conn` (WordPress stores it under wp-content/uploads; the media agent takes it to
+    Spaces). Returns WordPress's answer: {"id", "file", "url", "type"}."""
+    answer = xmlrpc_call(
+        conn,
+        spec,
+        "wp.uploadFile",
+        BLOG_ID,
+        spec.wordpress.admin_user,
+        admin_password,
+        {"name": name, "type": mime, "bits": xmlrpc.client.Binary(data), "overwrite": False},
+    )
+    return {k: str(answer[k]) for k in ("id", "file", "url", "type")}

@@ -355,6 +355,7 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
     rel = release_dir(spec)
     done = f"{rel}/.lifeboat-complete"
     if run(conn, f"test -e {done}", warn=True, timeout=30).ok:
+        _check_theme(conn, spec, rel)
         return False
     fetch = _file("wordpress/fetch-release.sh", render("wordpress/fetch-release.sh"))
     put(conn, fetch.path, fetch.content, fetch.mode, fetch.owner)
@@ -368,18 +369,20 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
         if not res.ok:
             run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
             raise WordPressError(f"fetching {pin.url} failed: {last_line(res)}")
-    theme = spec.wordpress.theme
     checks = {
         f"{rel}/wp-settings.php": f"{v.wordpress.url} is not a WordPress release (no "
         "wp-settings.php at its top)",
         f"{rel}.pg4wp/pg4wp/db.php": f"{v.pg4wp.url} is not a PG4WP release (no pg4wp/db.php)",
-        f"{rel}/wp-content/themes/{theme}/style.css": f"{v.wordpress.url} has no theme "
-        f"{theme!r} (wp-content/themes/{theme}): pick a theme it carries in wordpress.theme",
     }
     for path, problem in checks.items():
         if not run(conn, f"test -f {q(path)}", warn=True, timeout=30).ok:
             run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
             raise WordPressError(f"{problem}; nothing switched")
+    try:
+        _check_theme(conn, spec, rel)
+    except WordPressError:
+        run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
+        raise
     # PG4WP's code where its loader looks (wp-content/pg4wp); Lifeboat's db.php loads it.
     # Uploads live outside the release, shared by every release (and kept in Spaces).
     run(
@@ -391,6 +394,19 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
         timeout=120,
     )
     return True
+
+
+def _check_theme(conn: Connection, spec: StackSpec, rel: str) -> None:
+    """The spec's theme is in the release (checked on every rollout: the theme may change
+    while the release stays)."""
+    theme = spec.wordpress.theme
+    style = shlex.quote(f"{rel}/wp-content/themes/{theme}/style.css")
+    if not run(conn, f"test -f {style}", warn=True, timeout=30).ok:
+        raise WordPressError(
+            f"{spec.wordpress.versions.wordpress.url} has no theme {theme!r} "
+            f"(wp-content/themes/{theme}): pick a theme it carries in wordpress.theme; "
+            "nothing switched"
+        )
 
 
 def deploy(

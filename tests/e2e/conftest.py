@@ -171,3 +171,14 @@ def site_serves_from_every_web_droplet(do: pydo.Client, spec: StackSpec, timeout
         except wp.WordPressError as e:
             pytest.fail(str(e))
     return lb
+
+
+def power_on(do: pydo.Client, droplet_id: int) -> None:
+    """Power a droplet on through the API and wait until it is active again."""
+    do.droplet_actions.post(droplet_id=droplet_id, body={"type": "power_on"})
+    wait_for(
+        "the droplet to be active again",
+        lambda: do.droplets.get(droplet_id=droplet_id)["droplet"]["status"] == "active",
+        timeout=120,
+        every=1,
+    )

@@ -3,21 +3,29 @@ lab serves WordPress and PG4WP archives over HTTPS, pinned in the examples): ins
 once with its theme; the content probe written through WordPress and read back through
 the load balancer; a bad release refused with the old one serving; the site back after a
 Patroni switchover and after the primary is powered off, without touching the web
-droplets, with the probe post there."""
+droplets, with the probe post there; media uploaded through WordPress served by every web
+droplet, kept in Spaces, and back on a new droplet after the uploading one is destroyed."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import shlex
+import struct
 import threading
 import time
+import urllib.request
+import zlib
 
 import pydo
 import pytest
 
+from blocks.secrets import WORDPRESS_ADMIN
 from blocks.stack import StackSpec
+from flows.up import up
 from flows.wordpress import wordpress
 from tasks import context as rm
-from tasks import patroni
+from tasks import layout, patroni, site
 from tasks import wordpress as wp
 from tasks.context import opened
 from tasks.hosts import run
@@ -26,6 +34,7 @@ from tests.e2e.conftest import (
     cluster_members,
     healthy_cluster,
     leader,
+    power_on,
     site_serves_from_every_web_droplet,
     stack,
     wait_for,
@@ -224,9 +233,7 @@ def test_site_back_after_switchover_and_primary_power_off(
             stop.set()
             watcher.join()
             if fault == "power-off":
-                do.droplet_actions.post(
-                    droplet_id=by_name[old.name].droplet_id, body={"type": "power_on"}
-                )
+                power_on(do, by_name[old.name].droplet_id)
         failed, back = _gap(samples, t0)
         figures[fault] = (failed, back)
         print(
@@ -241,3 +248,101 @@ def test_site_back_after_switchover_and_primary_power_off(
     code, body = front_page(lb, spec)
     assert code == 200 and written["title"] in body
     assert release_links(spec, lab_blocks) == links, "web droplets were touched"
+
+
+def png(text: str) -> bytes:
+    """A real 8x8 PNG (WordPress checks what an image is) made unique by a text chunk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    pixels = b"".join(b"\x00" + bytes([200, 30, 30]) * 8 for _ in range(8))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+        + chunk(b"tEXt", b"Comment\x00" + text.encode())
+        + chunk(b"IDAT", zlib.compress(pixels))
+        + chunk(b"IEND", b"")
+    )
+
+
+def served_on(spec: StackSpec, credentials: str, path: str) -> dict[str, tuple[str, str]]:
+    """Each web droplet's own answer for `path`: (HTTP status, SHA-256 of the body)."""
+    hosts, remote = rm.load(spec, credentials)
+    header = shlex.quote(f"Host: {spec.wordpress.site_domain(spec.name)}")
+    check = (
+        f"code=$(curl -s -o /tmp/lifeboat-media-check -w '%{{http_code}}' -H {header} "
+        f"{shlex.quote('http://127.0.0.1' + path)}); "
+        "echo $code $(sha256sum < /tmp/lifeboat-media-check | cut -d' ' -f1)"
+    )
+    out = {}
+    try:
+        for h in (h for h in hosts if "wordpress" in h.roles):
+            with remote.connect(h) as conn:
+                code, _, sha = run(conn, check).stdout.strip().partition(" ")
+                out[h.name] = (code, sha)
+    finally:
+        remote.close()
+    return out
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_media_served_everywhere_kept_in_spaces_and_back_on_a_new_droplet(
+    stacks: dict, name: str, do: pydo.Client, lab_blocks: str
+) -> None:
+    spec, _ = stack(stacks, name)
+    lb = site_serves_from_every_web_droplet(do, spec)
+    uploader = spec.nodes_with("wordpress")[0].name
+    token = secrets.token_hex(6)
+    data = png(f"lifeboat media check {token}")
+    sha = hashlib.sha256(data).hexdigest()
+    with opened(spec, lab_blocks) as ctx:
+        victim = ctx.host(uploader)
+        with ctx.remote.connect(victim) as conn:
+            t0 = time.monotonic()
+            uploaded = site.upload_media(
+                conn,
+                spec,
+                ctx.wordpress_secrets[WORDPRESS_ADMIN],
+                f"lifeboat-{token}.png",
+                data,
+                "image/png",
+            )
+    path = site.path_of(uploaded["url"])
+    wait_for(
+        "every web droplet to serve the upload",
+        lambda: set(served_on(spec, lab_blocks, path).values()) == {("200", sha)},
+        timeout=30,
+        every=0.5,
+    )
+    everywhere = time.monotonic() - t0
+    print(
+        f"{name}: an upload on {uploader} was served by every web droplet {everywhere:.1f} s later"
+    )
+    host = {"Host": spec.wordpress.site_domain(spec.name)}
+    request = urllib.request.Request(f"http://{lb['ip']}{path}", headers=host)
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert hashlib.sha256(resp.read()).hexdigest() == sha
+    with opened(spec, lab_blocks) as ctx:
+        key = layout.media_key(spec.name, uploaded["file"])
+        stored = ctx.s3.get_object(Bucket=spec.bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == sha, f"{key} in Spaces"
+
+    # The uploading droplet is destroyed; `up` makes a new one, which has the file before
+    # it joins the load balancer.
+    do.droplets.destroy(droplet_id=victim.droplet_id)
+    wait_for(
+        "the droplet to be gone",
+        lambda: all(
+            d["id"] != victim.droplet_id for d in wp.droplets.paged(do.droplets.list, "droplets")
+        ),
+        timeout=60,
+    )
+    report = up(spec, lab_blocks)
+    assert report["wordpress"]["steps"][uploader].startswith("changed"), report["wordpress"]
+    hosts, remote = rm.load(spec, lab_blocks)
+    remote.close()
+    assert next(h for h in hosts if h.name == uploader).droplet_id != victim.droplet_id
+    assert served_on(spec, lab_blocks, path)[uploader] == ("200", sha)
+    site_serves_from_every_web_droplet(do, spec)

@@ -22,6 +22,7 @@ from tests.e2e.conftest import (
     EXAMPLES,
     cluster_members,
     leader,
+    power_on,
     site_serves_from_every_web_droplet,
     stack,
     wait_for,
@@ -122,16 +123,6 @@ def test_rerun_restarts_nothing_and_keeps_every_droplet_in(
         assert {h.name: started_at(remote, h) for h in hosts} == before
     finally:
         remote.close()
-
-
-def power_on(do: pydo.Client, droplet_id: int) -> None:
-    do.droplet_actions.post(droplet_id=droplet_id, body={"type": "power_on"})
-    wait_for(
-        "the droplet to be active again",
-        lambda: do.droplets.get(droplet_id=droplet_id)["droplet"]["status"] == "active",
-        timeout=120,
-        every=1,
-    )
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
