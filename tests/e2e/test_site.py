@@ -193,6 +193,7 @@ def test_site_back_after_switchover_and_primary_power_off(
     lb = site_serves_from_every_web_droplet(do, spec)
     web = spec.nodes_with("wordpress")
     written = probe(spec, lab_blocks, lb, web[0].name)
+    media_path, media_sha = upload(spec, lab_blocks, web[0].name)
     hosts, remote = rm.load(spec, lab_blocks)
     remote.close()
     by_name = {h.name: h for h in hosts}
@@ -247,6 +248,7 @@ def test_site_back_after_switchover_and_primary_power_off(
     site_serves_from_every_web_droplet(do, spec)
     code, body = front_page(lb, spec)
     assert code == 200 and written["title"] in body
+    assert set(served_on(spec, lab_blocks, media_path).values()) == {("200", media_sha)}
     assert release_links(spec, lab_blocks) == links, "web droplets were touched"
 
 
@@ -265,6 +267,23 @@ def png(text: str) -> bytes:
         + chunk(b"IDAT", zlib.compress(pixels))
         + chunk(b"IEND", b"")
     )
+
+
+def upload(spec: StackSpec, credentials: str, host_name: str) -> tuple[str, str]:
+    """A new image uploaded through WordPress on web droplet `host_name`: (its URL path
+    on the site, its SHA-256)."""
+    token = secrets.token_hex(6)
+    data = png(f"lifeboat media check {token}")
+    with opened(spec, credentials) as ctx, ctx.remote.connect(ctx.host(host_name)) as conn:
+        uploaded = site.upload_media(
+            conn,
+            spec,
+            ctx.wordpress_secrets[WORDPRESS_ADMIN],
+            f"lifeboat-{token}.png",
+            data,
+            "image/png",
+        )
+    return site.path_of(uploaded["url"]), hashlib.sha256(data).hexdigest()
 
 
 def served_on(spec: StackSpec, credentials: str, path: str) -> dict[str, tuple[str, str]]:
@@ -294,22 +313,10 @@ def test_media_served_everywhere_kept_in_spaces_and_back_on_a_new_droplet(
     spec, _ = stack(stacks, name)
     lb = site_serves_from_every_web_droplet(do, spec)
     uploader = spec.nodes_with("wordpress")[0].name
-    token = secrets.token_hex(6)
-    data = png(f"lifeboat media check {token}")
-    sha = hashlib.sha256(data).hexdigest()
     with opened(spec, lab_blocks) as ctx:
         victim = ctx.host(uploader)
-        with ctx.remote.connect(victim) as conn:
-            t0 = time.monotonic()
-            uploaded = site.upload_media(
-                conn,
-                spec,
-                ctx.wordpress_secrets[WORDPRESS_ADMIN],
-                f"lifeboat-{token}.png",
-                data,
-                "image/png",
-            )
-    path = site.path_of(uploaded["url"])
+    t0 = time.monotonic()
+    path, sha = upload(spec, lab_blocks, uploader)
     wait_for(
         "every web droplet to serve the upload",
         lambda: set(served_on(spec, lab_blocks, path).values()) == {("200", sha)},
@@ -325,7 +332,8 @@ def test_media_served_everywhere_kept_in_spaces_and_back_on_a_new_droplet(
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert hashlib.sha256(resp.read()).hexdigest() == sha
     with opened(spec, lab_blocks) as ctx:
-        key = layout.media_key(spec.name, uploaded["file"])
+        # WordPress's `file` is the bare name; the key holds the path under uploads.
+        key = layout.media_key(spec.name, path.split("/wp-content/uploads/", 1)[1])
         stored = ctx.s3.get_object(Bucket=spec.bucket, Key=key)["Body"].read()
     assert hashlib.sha256(stored).hexdigest() == sha, f"{key} in Spaces"
 
