@@ -41,25 +41,34 @@ def test_site_files_point_at_haproxy(spec: StackSpec, article: StackSpec) -> Non
     lone = Host("w", 1, "198.18.0.9", "10.10.0.9", ("wordpress",))
     ha = Host("h", 2, "198.18.0.8", "10.10.0.8", ("haproxy",))
     assert wp.db_address(article, lone, [ha]) == ("10.10.0.8", 5000)
-    assert article.wordpress.source == "debian-package"
-    files = {f.path: f for f in wp.site_files(article, lone, [ha], "pw", SALTS)}
-    config = files[wp.DEBIAN_WP_CONFIG]
+    assert article.wordpress.source == "release"
+    spaces = {"endpoint": "https://s", "region": "r", "access_key": "a", "secret_key": "k"}
+    files = {f.path: f for f in wp.site_files(article, lone, [ha], "pw", SALTS, spaces)}
+    config = files["/var/www/lifeboat/wp-config.php"]
     assert (config.mode, config.owner) == ("0640", "root:www-data")
     assert "define('DB_HOST', '10.10.0.8:5000');" in config.content
-    release = article.model_copy(
-        update={"wordpress": article.wordpress.model_copy(update={"source": "release"})}
+    assert wp.FETCH in files and files["/etc/lifeboat/media.conf"].mode == "0600"
+    with pytest.raises(wp.WordPressError, match="Spaces settings"):
+        wp.site_files(article, lone, [ha], "pw", SALTS)
+    debian = article.model_copy(
+        update={"wordpress": article.wordpress.model_copy(update={"source": "debian-package"})}
     )
-    remote = {f.path for f in wp.site_files(release, lone, [ha], "pw", SALTS)}
-    assert "/var/www/lifeboat/wp-config.php" in remote and wp.FETCH in remote
+    files = {f.path: f for f in wp.site_files(debian, lone, [ha], "pw", SALTS)}
+    assert wp.DEBIAN_WP_CONFIG in files and "/etc/lifeboat/media.conf" not in files
 
 
 def test_wordpress_spec_defaults(spec: StackSpec) -> None:
-    w = spec.wordpress
+    bare = spec.model_copy(update={"wordpress": WordPressSpec()})
+    w = bare.wordpress
     assert w.site_domain(spec.name) == "compact.lifeboat.test"
+    assert w.site_title(spec.name) == "compact"
+    assert w.site_admin_email(spec.name) == "lifeboat@compact.lifeboat.test"
+    assert w.theme == "twentytwentythree" and w.source == "release"
     assert w.versions.wordpress.version == "6.4.3" and w.versions.pg4wp.version == "3.4.1"
-    assert wp.release_dir(spec) == "/var/www/lifeboat/releases/wordpress-6.4.3-pg4wp-3.4.1"
+    assert wp.release_dir(bare) == "/var/www/lifeboat/releases/wordpress-6.4.3-pg4wp-3.4.1"
     with pytest.raises(wp.WordPressError, match="sha256 not set"):
-        wp.check_pins(spec)
+        wp.check_pins(bare)
+    wp.check_pins(spec)  # the examples pin the lab's archives
 
 
 @pytest.mark.parametrize(
@@ -81,6 +90,9 @@ def test_wordpress_spec_defaults(spec: StackSpec) -> None:
             "not a SHA-256",
         ),
         ({"domian": "x.example.com"}, "Extra inputs are not permitted"),
+        ({"admin_user": "Admin!"}, "admin_user"),
+        ({"admin_email": "nobody"}, "admin_email"),
+        ({"theme": "../twentytwentythree"}, "theme"),
     ],
 )
 def test_wordpress_spec_rejects(section: dict, message: str) -> None:
