@@ -280,7 +280,8 @@ def test_release_dropin_and_config_lint(spec: StackSpec, tmp_path: Path) -> None
         update={"wordpress": spec.wordpress.model_copy(update={"source": "release"})}
     )
     web = Host("w", 1, "198.18.0.9", "10.20.0.9", ("haproxy", "wordpress"))
-    files = {f.path: f for f in wp.site_files(release, web, [], NASTY, SALTS)}
+    spaces = {"endpoint": "https://s", "region": "r", "access_key": "a", "secret_key": "k"}
+    files = {f.path: f for f in wp.site_files(release, web, [], NASTY, SALTS, spaces)}
     rel = wp.release_dir(release)
     dropin = files[f"{rel}/wp-content/db.php"]
     config = files[f"{rel}/wp-config.php"]
