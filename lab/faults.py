@@ -24,10 +24,19 @@ def find_droplet(name_or_id: str | int) -> dict:
     return matches[0]
 
 
-def partition(name_or_id: str | int) -> dict:
-    """Drop every packet from and to the droplet: it keeps running, cut off from everyone."""
+def partition(name_or_id: str | int, peers: list[str | int] | None = None) -> dict:
+    """Drop every packet from and to the droplet: it keeps running, cut off from everyone;
+    with `peers` (droplets by name or id) only from and to those, while every other droplet,
+    the load balancers and the host still reach it (e.g. a primary cut off from etcd whose
+    clients still write to it). A new partition of the droplet replaces the last one."""
     droplet = find_droplet(name_or_id)
-    nft.isolate(droplet["id"], nft.droplet_addrs(droplet), "partition")
+    addrs = None
+    if peers is not None:
+        others = [find_droplet(p) for p in peers]
+        if any(o["id"] == droplet["id"] for o in others):
+            raise ValueError(f"{droplet['name']} cannot be partitioned from itself")
+        addrs = [a for o in others for a in nft.droplet_addrs(o)]
+    nft.isolate(droplet["id"], nft.droplet_addrs(droplet), "partition", peers=addrs)
     return droplet
 
 

@@ -6,7 +6,8 @@ Spaces) its `input` hook. Two `inet` tables hook all three:
 - the firewall table: DigitalOcean firewall semantics (stateful; a droplet with no firewall
   accepts everything; a droplet with firewalls accepts only what one of them allows);
 - the faults table: every packet from or to an isolated droplet (partitioned or powered
-  off) is dropped, so it vanishes without a TCP reset, while ARP still answers.
+  off) is dropped, so it vanishes without a TCP reset, while ARP still answers; a partial
+  partition drops only the packets between the droplet and a chosen set of peers.
 Each table is replaced whole in one nft transaction, so no packet sees half a rule set.
 """
 
@@ -71,31 +72,57 @@ def _store_faults(faults: dict[str, dict]) -> None:
     tmp = FAULTS_FILE.with_suffix(".tmp")
     tmp.write_text(json.dumps(faults, indent=1, sort_keys=True))
     tmp.replace(FAULTS_FILE)
-    isolated = {a for f in faults.values() if f["reasons"] for a in f["addrs"]}
-    rules = [f"ip saddr {_set(isolated)} drop", f"ip daddr {_set(isolated)} drop"]
-    replace_table(NFT_FAULTS_TABLE, _base_chains({h: rules for h in HOOKS} if isolated else {}))
+    rules = fault_rules(faults)
+    replace_table(NFT_FAULTS_TABLE, _base_chains({h: rules for h in HOOKS} if rules else {}))
 
 
-def isolate(droplet_id: int, addrs: list[str], reason: str) -> None:
-    """Drop every packet of the droplet for `reason` ("partition" or "off") until released."""
+def fault_rules(faults: dict[str, dict]) -> list[str]:
+    """Each entry: {"addrs": the droplet's addresses, "reasons": {reason: peers}}, where
+    peers None isolates the droplet from everyone, and a list of addresses only from those
+    (both directions; everyone else still reaches it)."""
+    isolated = {
+        a
+        for f in faults.values()
+        for peers in f["reasons"].values()
+        if peers is None
+        for a in f["addrs"]
+    }
+    rules = []
+    if isolated:
+        rules += [f"ip saddr {_set(isolated)} drop", f"ip daddr {_set(isolated)} drop"]
+    for f in faults.values():
+        for peers in f["reasons"].values():
+            if peers:
+                mine, theirs = _set(f["addrs"]), _set(peers)
+                rules += [
+                    f"ip saddr {mine} ip daddr {theirs} drop",
+                    f"ip saddr {theirs} ip daddr {mine} drop",
+                ]
+    return rules
+
+
+def isolate(droplet_id: int, addrs: list[str], reason: str, peers: list[str] | None = None) -> None:
+    """Drop the droplet's packets for `reason` ("partition" or "off") until released: all of
+    them, or with `peers` only those to and from these addresses (a partial partition)."""
+    if peers is not None and not peers:
+        raise ValueError("a partial partition needs at least one peer address")
     faults = _load_faults()
-    entry = faults.setdefault(str(droplet_id), {"addrs": addrs, "reasons": []})
+    entry = faults.setdefault(str(droplet_id), {"addrs": addrs, "reasons": {}})
     entry["addrs"] = addrs
-    if reason not in entry["reasons"]:
-        entry["reasons"].append(reason)
+    entry["reasons"][reason] = sorted(peers) if peers is not None else None
     _store_faults(faults)
 
 
 def release(droplet_id: int, reason: str) -> None:
     faults = _load_faults()
     entry = faults.get(str(droplet_id))
-    if entry and reason in entry["reasons"]:
-        entry["reasons"].remove(reason)
+    if entry:
+        entry["reasons"].pop(reason, None)
     _store_faults({k: v for k, v in faults.items() if v["reasons"]})
 
 
 def isolation_reasons(droplet_id: int) -> list[str]:
-    return _load_faults().get(str(droplet_id), {}).get("reasons", [])
+    return sorted(_load_faults().get(str(droplet_id), {}).get("reasons", {}))
 
 
 def forget(droplet_id: int) -> None:

@@ -280,12 +280,21 @@ def _print_status(info: dict) -> None:
 
 
 @lab_app.command("partition")
-def lab_partition(droplet: str) -> None:
-    """Drop all traffic of a droplet (by name or id) until `lab heal`."""
+def lab_partition(
+    droplet: str,
+    peers: list[str] = typer.Option(
+        None,
+        "--from",
+        help="Cut it off from these droplets only (name or id; repeat): a partial partition.",
+    ),
+) -> None:
+    """Drop all traffic of a droplet (by name or id) until `lab heal`; with --from, only its
+    traffic to and from those droplets."""
     from lab import faults
 
-    d = faults.partition(droplet)
-    typer.echo(f"partitioned {d['name']} ({d['id']})")
+    d = faults.partition(droplet, peers or None)
+    where = f" from {', '.join(peers)}" if peers else ""
+    typer.echo(f"partitioned {d['name']} ({d['id']}){where}")
 
 
 @lab_app.command("heal")

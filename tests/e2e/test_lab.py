@@ -200,3 +200,47 @@ def test_faults_partition_heal_and_s3_outage(do: pydo.Client, lab: dict, ssh_key
     s3.delete_bucket(Bucket="fault-test")
     conn.close()
     do.droplets.destroy(droplet_id=d["id"])
+
+
+def test_partial_partition_cuts_only_the_chosen_peers(do: pydo.Client, lab: dict, ssh_key_id):
+    """A cut off from B only: B and A cannot talk, C still reaches both, and so does the
+    host (the load balancers' and clients' side), until the heal."""
+    from lab import faults
+
+    names = ["lab-pp-a", "lab-pp-b", "lab-pp-c"]
+    body = {
+        "names": names,
+        "region": "nyc3",
+        "size": "s-1vcpu-1gb",
+        "image": "debian-12-x64",
+        "ssh_keys": [ssh_key_id],
+        "tags": [TAG + "-pp"],
+    }
+    created = do.droplets.create(body=body)["droplets"]
+    ids = [d["id"] for d in created]
+
+    def all_active() -> list[dict] | None:
+        now = [do.droplets.get(droplet_id=i)["droplet"] for i in ids]
+        return now if all(d["status"] == "active" for d in now) else None
+
+    try:
+        a, b, c = wait_for("three droplets active", all_active, timeout=120)
+        conn_b, conn_c = ssh(lab, public_ip(b)), ssh(lab, public_ip(c))
+        faults.partition("lab-pp-a", ["lab-pp-b"])
+        try:
+            assert not remote_tcp(conn_b, private_ip(a), 22), "B still reaches A"
+            assert remote_tcp(conn_c, private_ip(a), 22), "C no longer reaches A"
+            assert remote_tcp(conn_b, private_ip(c), 22), "B no longer reaches C"
+            assert tcp_state(public_ip(a), 22) == "open", "the host no longer reaches A"
+            conn_a = ssh(lab, public_ip(a))
+            assert not remote_tcp(conn_a, private_ip(b), 22), "A still reaches B"
+            assert remote_tcp(conn_a, private_ip(c), 22), "A no longer reaches C"
+            conn_a.close()
+        finally:
+            faults.heal("lab-pp-a")
+        assert remote_tcp(conn_b, private_ip(a), 22), "B does not reach A after the heal"
+        conn_b.close()
+        conn_c.close()
+    finally:
+        for i in ids:
+            do.droplets.destroy(droplet_id=i)
