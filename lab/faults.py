@@ -53,6 +53,13 @@ def power_off(name_or_id: str | int) -> dict:
     return droplet
 
 
+def power_on(name_or_id: str | int) -> dict:
+    """Power a droplet on again through the API (its disk kept)."""
+    droplet = find_droplet(name_or_id)
+    _client().droplet_actions.post(droplet_id=droplet["id"], body={"type": "power_on"})
+    return droplet
+
+
 def s3_outage() -> None:
     spaces.outage()
 

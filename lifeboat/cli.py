@@ -279,14 +279,17 @@ def _print_status(info: dict) -> None:
         typer.echo(f"  {d['id']:>6} {d['name']:<20} {d['status']:<7} {addrs} {tags}")
 
 
+PEERS = typer.Option(
+    None,
+    "--from",
+    help="Cut it off from these droplets only (name or id; repeat): a partial partition.",
+)
+
+
 @lab_app.command("partition")
 def lab_partition(
     droplet: str,
-    peers: list[str] = typer.Option(
-        None,
-        "--from",
-        help="Cut it off from these droplets only (name or id; repeat): a partial partition.",
-    ),
+    peers: list[str] = PEERS,
 ) -> None:
     """Drop all traffic of a droplet (by name or id) until `lab heal`; with --from, only its
     traffic to and from those droplets."""
@@ -313,6 +316,15 @@ def lab_power_off(droplet: str) -> None:
 
     d = faults.power_off(droplet)
     typer.echo(f"powering off {d['name']} ({d['id']})")
+
+
+@lab_app.command("power-on")
+def lab_power_on(droplet: str) -> None:
+    """Power a droplet on again through the API."""
+    from lab import faults
+
+    d = faults.power_on(droplet)
+    typer.echo(f"powering on {d['name']} ({d['id']})")
 
 
 @lab_app.command("s3-outage")

@@ -100,13 +100,28 @@ def check_droplet_limit(do: pydo.Client, spec: StackSpec, account: dict) -> None
         )
 
 
+STOPPED = ("off", "archive")  # droplet states that waiting never turns into "active"
+
+
 def wait_active(
     do: pydo.Client, spec: StackSpec, names: set[str], timeout: float = 600
 ) -> list[dict]:
-    """Wait until every named droplet of the stack is active; fail naming the stragglers."""
+    """Wait until every named droplet of the stack is active; fail naming the stragglers.
+    A droplet that is off (or archived) never becomes active by waiting: fail at once,
+    naming it and what brings it back."""
 
     def all_active() -> list[dict]:
         found = {d["name"]: d for d in stack_droplets(do, spec) if d["name"] in names}
+        down = sorted(
+            f"{n} (id {d['id']}) is {d['status']}"
+            for n, d in found.items()
+            if d["status"] in STOPPED
+        )
+        if down:
+            raise CloudError(
+                f"{'; '.join(down)}: power it on (DigitalOcean: the droplet's Power On; the "
+                "local cloud: `lifeboat lab power-on NAME`), then rerun"
+            )
         waiting = sorted(n for n in names if found.get(n, {}).get("status") != "active")
         if waiting:
             raise NotYet(", ".join(waiting))

@@ -59,3 +59,32 @@ def test_a_stack_over_the_droplet_limit_is_refused_before_anything_is_created(do
     with pytest.raises(CloudError, match=r"needs \d+ more droplets.*nothing was created"):
         provision(stack, lab_blocks)
     assert stack_traces(do, stack) == []
+
+
+@pytest.mark.parametrize("name", ["compact"])
+def test_a_droplet_that_is_off_is_named_at_once_with_what_brings_it_back(
+    stacks, name, do, lab_blocks
+):
+    """Waiting never turns an "off" droplet active: provision says so at once (it used to
+    wait ten minutes per attempt, silently), and changes nothing else."""
+    import time
+
+    from lab import faults
+    from tests.e2e.conftest import power_on, site_serves_from_every_web_droplet, stack
+
+    stack_spec, _ = stack(stacks, name)
+    victim = stack_spec.nodes_with("wordpress")[-1].name
+    droplet = faults.power_off(victim)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(CloudError) as failed:
+            provision(stack_spec, lab_blocks)
+        took = time.monotonic() - t0
+        message = str(failed.value)
+        assert f"{victim} (id {droplet['id']}) is off" in message, message
+        assert "power it on" in message and "lifeboat lab power-on" in message, message
+        print(f"{name}: provision named the powered-off {victim} after {took:.1f} s")
+        assert took < 120, f"provision took {took:.0f} s to say a droplet is off"
+    finally:
+        power_on(do, droplet["id"])
+    site_serves_from_every_web_droplet(do, stack_spec, timeout=180)
