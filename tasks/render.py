@@ -51,6 +51,16 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
         "root:root",
         "0644",
     ),
+    "wordpress/lifeboat-wp-cron.service.j2": (
+        "/etc/systemd/system/lifeboat-wp-cron.service",
+        "root:root",
+        "0644",
+    ),
+    "wordpress/lifeboat-wp-cron.timer.j2": (
+        "/etc/systemd/system/lifeboat-wp-cron.timer",
+        "root:root",
+        "0644",
+    ),
     "wal/lifeboat-wal-agent.service.j2": (
         "/etc/systemd/system/lifeboat-wal-agent.service",
         "root:root",

@@ -53,6 +53,9 @@ SERVICES = ("nginx", PHP_FPM)
 # stack's bucket, on every web droplet of the `release` source. Its files, in the order they
 # are placed (it imports the first two).
 MEDIA_UNIT = "lifeboat-media"
+# WordPress's scheduled tasks, off the request path (DISABLE_WP_CRON): a timer per droplet.
+CRON_TIMER = "lifeboat-wp-cron.timer"
+CRON_TEMPLATES = ("wordpress/lifeboat-wp-cron.service.j2", "wordpress/lifeboat-wp-cron.timer.j2")
 MEDIA_TEMPLATES = (
     "wal/spaces_layout.py",
     "wal/spaces_client.py",
@@ -88,8 +91,9 @@ def debian_package(spec: StackSpec) -> bool:
 
 
 def services(spec: StackSpec) -> tuple[str, ...]:
-    """The services a web droplet runs (the media agent with the `release` source)."""
-    return SERVICES if debian_package(spec) else (*SERVICES, MEDIA_UNIT)
+    """The units a web droplet runs (with the `release` source, the media agent and
+    WordPress's scheduled tasks too)."""
+    return SERVICES if debian_package(spec) else (*SERVICES, MEDIA_UNIT, CRON_TIMER)
 
 
 def source_note(spec: StackSpec) -> str:
@@ -262,6 +266,7 @@ def site_files(
             _file("wordpress/wp-config-release.php.j2", release_config, release=rel),
         ]
         files += media_files(spec, spaces)
+        files += [_file(t, render(t, docroot=DOCROOT)) for t in CRON_TEMPLATES]
     return files
 
 
@@ -439,15 +444,19 @@ def deploy(
         check = run(conn, "nginx -t -q", warn=True, timeout=60)
         if not check.ok:
             raise WordPressError(f"nginx -t rejected the site: {check.stderr.strip()}")
-    media = {DESTINATIONS[t][0] for t in MEDIA_TEMPLATES} & set(changed)
-    if media:
+    restart = {
+        unit
+        for unit, templates in ((MEDIA_UNIT, MEDIA_TEMPLATES), (CRON_TIMER, CRON_TEMPLATES))
+        if {DESTINATIONS[t][0] for t in templates} & set(changed)
+    }
+    if restart:
         run(conn, "systemctl daemon-reload", timeout=60)
     for service in units:
         done += _service(
             conn,
             service,
             reload=service == "nginx" and site_changed,
-            restart=service == MEDIA_UNIT and bool(media),
+            restart=service in restart,
         )
     return done
 
