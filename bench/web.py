@@ -22,9 +22,9 @@ load balancer:
 Both sites get the same --posts posts (titles and bodies) through XML-RPC, dated so they
 fill the front page (10 posts a page), and the same title and theme. On every web droplet
 of both sides the site's domain goes into /etc/hosts (127.0.0.1) and WP-Cron runs once
-before measuring: the lab's resolver never answers, and WP-Cron's loopback spawn would
-otherwise stall a page request for 20 s every minute (Lifeboat's wp-config does not set
-DISABLE_WP_CRON, so the twin's does not either).
+before measuring. Both wp-configs set DISABLE_WP_CRON (Lifeboat runs wp-cron.php from a
+systemd timer): before it did, WP-Cron's loopback spawn stalled a page request for 10-20 s
+every minute, the lab's resolver never answering for the site's domain.
 
 Load: threads with keep-alive http.client connections to the load balancer's address, Host
 header the site's domain; `/` and one post (`/?p=ID`), at each --clients count for
@@ -116,6 +116,7 @@ define('WP_DEBUG', false);
 define('DISALLOW_FILE_EDIT', true);
 define('DISALLOW_FILE_MODS', true);
 define('AUTOMATIC_UPDATER_DISABLED', true);
+define('DISABLE_WP_CRON', true);
 
 if (!defined('ABSPATH')) {{
     define('ABSPATH', {abspath});
