@@ -51,6 +51,7 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
         "root:root",
         "0644",
     ),
+    "wordpress/php-lifeboat.ini": ("/etc/php/8.2/fpm/conf.d/90-lifeboat.ini", "root:root", "0644"),
     "wordpress/lifeboat-wp-cron.service.j2": (
         "/etc/systemd/system/lifeboat-wp-cron.service",
         "root:root",

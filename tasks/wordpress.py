@@ -56,6 +56,10 @@ MEDIA_UNIT = "lifeboat-media"
 # WordPress's scheduled tasks, off the request path (DISABLE_WP_CRON): a timer per droplet.
 CRON_TIMER = "lifeboat-wp-cron.timer"
 CRON_TEMPLATES = ("wordpress/lifeboat-wp-cron.service.j2", "wordpress/lifeboat-wp-cron.timer.j2")
+PHP_INI = "wordpress/php-lifeboat.ini"  # persistent PG4WP connections (php-fpm reloads)
+# Lifeboat's one edit to PG4WP: persistent connections (see templates/wordpress/php-lifeboat.ini).
+# PG4WP 3.4 connects twice per request (wpsqli_real_connect, then wpsqli_select_db).
+PG4WP_CONNECTS = 2
 MEDIA_TEMPLATES = (
     "wal/spaces_layout.py",
     "wal/spaces_client.py",
@@ -267,6 +271,7 @@ def site_files(
         ]
         files += media_files(spec, spaces)
         files += [_file(t, render(t, docroot=DOCROOT)) for t in CRON_TEMPLATES]
+        files.append(_file(PHP_INI, render(PHP_INI)))
     return files
 
 
@@ -388,6 +393,22 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
     except WordPressError:
         run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
         raise
+    driver = q(f"{rel}.pg4wp/pg4wp/driver_pgsql.php")
+    call = "= pg_connect($pg_connstr)"
+    edited = run(
+        conn,
+        f"sed -i {q(f's/{call}/= pg_pconnect($pg_connstr)/')} {driver} && "
+        f"grep -cF {q('= pg_pconnect($pg_connstr)')} {driver}",
+        warn=True,
+        timeout=30,
+    )
+    if edited.stdout.strip() != str(PG4WP_CONNECTS):
+        run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
+        raise WordPressError(
+            f"{v.pg4wp.url}: expected {PG4WP_CONNECTS} pg_connect calls in pg4wp/driver_pgsql.php "
+            f"to make persistent, found {edited.stdout.strip() or 'none'}: review Lifeboat's "
+            "edit for this PG4WP version (tasks/wordpress.py); nothing switched"
+        )
     # PG4WP's code where its loader looks (wp-content/pg4wp); Lifeboat's db.php loads it.
     # Uploads live outside the release, shared by every release (and kept in Spaces).
     run(
@@ -455,7 +476,8 @@ def deploy(
         done += _service(
             conn,
             service,
-            reload=service == "nginx" and site_changed,
+            reload=(service == "nginx" and site_changed)
+            or (service == PHP_FPM and DESTINATIONS[PHP_INI][0] in changed),
             restart=service in restart,
         )
     return done
