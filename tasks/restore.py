@@ -9,6 +9,16 @@ archive to its end (`recovery.signal`, no recovery target), promotes, and is jud
 ready only when a write commits: a server that answers read-only queries has not
 finished recovery, and the drill's RTO is time-to-writable, not time-to-connect.
 
+Never a silent partial restore. PostgreSQL ends recovery at the first WAL file its
+restore_command does not deliver, and then promotes as if the archive had ended there.
+So the restore_command is `wal-restore --strict`: only "not in the archive" ends
+recovery; a corrupt object, S3 failing or the WAL agent not answering exit above 125,
+and PostgreSQL aborts recovery (FATAL, with the object named in its log). Then, once the
+server is writable, replay is checked against the archive as it was listed before
+recovery began (or a target LSN the caller gives): it must have replayed the newest
+archived segment on its timeline's path, else the restore fails naming the segment it
+stopped at.
+
 Everything runs over SSH through `tasks.hosts` as root, with PostgreSQL work done as the
 postgres user. No secrets pass here: the base backup is fetched by basebackup.py and WAL
 by the WAL agent, both with the droplet's own 0600 config.
@@ -23,12 +33,13 @@ from dataclasses import dataclass
 
 from fabric import Connection
 
-from tasks import sql
+from tasks import catalog, sql
 from tasks.backup import run_program
 from tasks.hosts import run
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
-WAL_RESTORE = "/usr/local/lib/lifeboat/wal-restore %f %p"
+# Strict: trouble aborts recovery instead of ending it (templates/wal/restore.sh.j2).
+WAL_RESTORE = "/usr/local/lib/lifeboat/wal-restore --strict %f %p"
 ROOT = "/var/lib/postgresql/lifeboat-restore"
 AS_POSTGRES = "runuser -u postgres --"
 # A scratch name becomes a directory and part of cluster_name: keep it to safe characters.
@@ -90,6 +101,87 @@ class RestoreTimings:
     recovery: float  # server start until a write commits (WAL replay, promotion)
     total: float
     bytes: int  # stored (compressed) bytes fetched
+    replay: Replay | None = None  # how far replay got, checked against the archive
+
+
+@dataclass(frozen=True)
+class Replay:
+    """How far a restore's replay got: the timeline it replayed and the last LSN, the
+    segment holding that LSN, and what it had to reach (the newest archived segment on
+    the timeline's path, or the caller's target LSN)."""
+
+    timeline: int
+    lsn: int
+    segment: str
+    expected: str  # a segment name, or an LSN ("16/B374D848") when the caller gave one
+
+    @property
+    def lsn_text(self) -> str:
+        return f"{self.lsn >> 32:X}/{self.lsn & 0xFFFFFFFF:X}"
+
+
+def check_replay(
+    archived: list[str],
+    promoted_history: str,
+    replayed_lsn: int,
+    segment_size: int,
+    target_lsn: int | None = None,
+) -> Replay:
+    """Whether replay reached the end of the archive (or target_lsn); RestoreError naming
+    the segment it stopped at when it did not.
+
+    `archived`: the WAL file names in the archive, listed before recovery began.
+    `promoted_history`: the history file of the timeline promotion created; its last line
+    names the timeline replayed (and its ancestors before it). A segment counts when it
+    lies on that path: on the replayed timeline, or on an ancestor before the point where
+    its child began (a segment of an abandoned branch, archived by an old primary after
+    a failover, is not WAL this recovery could ever replay)."""
+    lines = catalog.parse_history(promoted_history)
+    if not lines:
+        raise RestoreError("the promoted timeline's history file names no parent timeline")
+    timeline = lines[-1][0]
+    # The segment holding the last byte replayed (an LSN at a boundary ends the previous).
+    segno = max(replayed_lsn - 1, 0) // segment_size
+    stopped = catalog.segment_name(timeline, segno, segment_size)
+    if target_lsn is not None:
+        wanted = f"{target_lsn >> 32:X}/{target_lsn & 0xFFFFFFFF:X}"
+        replay = Replay(timeline, replayed_lsn, stopped, wanted)
+        if replayed_lsn < target_lsn:
+            raise RestoreError(
+                f"replay stopped at {replay.lsn_text} in segment {stopped}, short of the "
+                f"target {wanted}: the restore is incomplete"
+            )
+        return replay
+    ends: dict[int, float] = {}  # timeline on the path -> LSN where its child begins
+    newer_begins = float("inf")
+    for tli, begins in catalog.timeline_begins(timeline, lines[:-1]):
+        ends[tli] = newer_begins
+        newer_begins = begins
+    on_path = []
+    for name in archived:
+        if catalog.SEGMENT.match(name) is None or "." in name:
+            continue  # .partial, .backup and history files are never replayed as such
+        parsed = catalog.parse_segment(name, segment_size)
+        if parsed is None:
+            continue
+        tli, n = parsed
+        if tli in ends and n * segment_size < ends[tli]:
+            on_path.append((n, tli, name))
+    if not on_path:
+        raise RestoreError(
+            f"the archive holds no WAL segment on timeline {timeline}'s path: nothing "
+            f"to check replay (stopped at {stopped}) against"
+        )
+    newest_segno, _, newest = max(on_path)
+    replay = Replay(timeline, replayed_lsn, stopped, newest)
+    if segno < newest_segno:
+        following = catalog.segment_name(timeline, segno + 1, segment_size)
+        raise RestoreError(
+            f"replay stopped at segment {stopped} (LSN {replay.lsn_text}), but the archive "
+            f"holds WAL up to {newest}: {following} or a later segment was not restored, "
+            "the restore is incomplete"
+        )
+    return replay
 
 
 def server_options(s: Scratch, restore_command: str | None) -> list[str]:
@@ -173,14 +265,7 @@ def wait_writable(conn: Connection, s: Scratch, timeout: float = 900) -> float:
     PROBE_SQL commits; returns the seconds it took. Fails early, with the log's tail, when
     the server stops (a missing WAL file before consistency, a bad setting)."""
     pid = shlex.quote(f"{s.data}/postmaster.pid")
-    scratch = sql.Target(
-        host=s.socket_dir,
-        port=s.port,
-        user="postgres",
-        database="postgres",
-        psql=f"{PG_BIN}/psql",
-    )
-    psql = sql.command(scratch, PROBE_SQL)
+    psql = sql.command(_scratch_target(s), PROBE_SQL)
     script = f"""
 start=$(date +%s.%N); deadline=$(( $(date +%s) + {int(timeout)} )); seen=0
 while :; do
@@ -204,24 +289,76 @@ done
     raise RestoreError(f"scratch server {s.name} on {conn.host} {state}; its log ends:\n{tail}")
 
 
+def archived_wal(conn: Connection, s: Scratch) -> list[str]:
+    """The WAL file names archived for the restored cluster (its system identifier from
+    the restored pg_control), listed on the droplet by basebackup.py."""
+    args = f"wal-list --pgdata {shlex.quote(s.data)}"
+    return run_program(conn, args, "listing the WAL archive", 600, RestoreError)["names"]
+
+
+def _scratch_target(s: Scratch) -> sql.Target:
+    return sql.Target(
+        host=s.socket_dir,
+        port=s.port,
+        user="postgres",
+        database="postgres",
+        psql=f"{PG_BIN}/psql",
+    )
+
+
+def replayed(conn: Connection, s: Scratch) -> tuple[int, int, str]:
+    """(last LSN replayed, WAL segment size, the promoted timeline's history file) of the
+    scratch server, once it is writable."""
+    target = _scratch_target(s)
+    row = sql.query(
+        conn,
+        "SELECT pg_last_wal_replay_lsn(),"
+        " (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),"
+        " substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+        target,
+    )
+    lsn, size, timeline = row.split("|")
+    if not lsn:
+        raise RestoreError(f"scratch server {s.name} on {conn.host} reports no replayed WAL")
+    history = sql.query(
+        conn, f"SELECT pg_read_file({sql.literal(f'pg_wal/{timeline}.history')})", target
+    )
+    return catalog.lsn(lsn), int(size), history
+
+
 def restore(
     conn: Connection,
     s: Scratch,
     key: str,
     sha256: str,
     timeout: float = 1800,
+    *,
+    restore_command: str = WAL_RESTORE,
+    target_lsn: str | None = None,
 ) -> RestoreTimings:
     """The whole restore of a Lifeboat base backup (object `key`, SHA-256 from its
     manifest) into scratch `s`, replaying the WAL agent's archive to its end, until a
-    write commits. The server is left running for checks: call `cleanup` after."""
+    write commits; then replay is checked against the archive listed before recovery
+    began, or against `target_lsn` ("16/B374D848") when given. RestoreError when the
+    server stops (a corrupt or unreachable WAL object: its log names it) or replay fell
+    short. The server is left running for checks: call `cleanup` after."""
     t0 = time.monotonic()
     prepare(conn, s)
     fetched = fetch(conn, s, key, sha256, timeout=int(timeout))
+    archived = [] if target_lsn is not None else archived_wal(conn, s)
     t1 = time.monotonic()
-    start(conn, s)
+    start(conn, s, restore_command)
     wait_writable(conn, s, timeout=timeout)
     t2 = time.monotonic()
-    return RestoreTimings(fetch=t1 - t0, recovery=t2 - t1, total=t2 - t0, bytes=fetched["bytes"])
+    lsn, segment_size, history = replayed(conn, s)
+    target = catalog.lsn(target_lsn) if target_lsn is not None else None
+    try:
+        replay = check_replay(archived, history, lsn, segment_size, target)
+    except RestoreError as e:
+        raise RestoreError(f"restore into scratch {s.name} on {conn.host}: {e}") from None
+    return RestoreTimings(
+        fetch=t1 - t0, recovery=t2 - t1, total=t2 - t0, bytes=fetched["bytes"], replay=replay
+    )
 
 
 def cleanup(conn: Connection, s: Scratch) -> bool:

@@ -11,11 +11,18 @@ python3-zstandard only, with the WAL agent's config (/etc/lifeboat/wal.conf) and
       Nothing goes to disk; memory is bounded by (in-flight parts + 1) x part size.
       Prints one JSON object: what the manifest needs (LSNs and timeline from
       pg_basebackup's own backup_manifest, sizes, SHA-256s). An upload cut off midway
-      stays an incomplete multipart upload, which no listing shows.
+      stays an incomplete multipart upload, which no listing shows. Never overwrites an
+      object: an existing key is refused before pg_basebackup starts, and the upload is
+      "create only" as the WAL agent's are (spaces_client.CreateOnly).
   basebackup.py [--config FILE] restore --key KEY --sha256 HEX --pgdata DIR
-      The object -> zstd -> tar, extracted into DIR (absent or empty), then one syncfs
-      (so PostgreSQL's startup has nothing left to sync), the stored object's SHA-256
-      checked. Prints one JSON object (bytes, seconds).
+      The object -> zstd -> tar, extracted into a new directory beside DIR, then one
+      syncfs (so PostgreSQL's startup has nothing left to sync), the stored object's
+      SHA-256 checked, and only then renamed to DIR (absent or empty): a failed check
+      leaves DIR as it was and nothing extracted behind. Prints one JSON object (bytes,
+      seconds).
+  basebackup.py [--config FILE] wal-list --pgdata DIR
+      The names of the WAL files archived for DIR's cluster (its system identifier from
+      global/pg_control), as one JSON object: what a restore checks its replay against.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,8 +47,10 @@ from typing import IO, Any
 import zstandard
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import spaces_layout  # noqa: E402 - beside this file on the droplet
+import spaces_client  # noqa: E402 - beside this file on the droplet
+import spaces_layout  # noqa: E402
 import wal_agent  # noqa: E402
+from botocore.exceptions import ClientError  # noqa: E402
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 READ_SIZE = 1 << 20
@@ -219,7 +230,10 @@ def take(
     part_size = max(MIN_PART, -(-int(db_bytes) // MAX_PARTS))
     key = spaces_layout.base_key(settings.prefix, system_id, backup_id)
     client = wal_agent.s3_client(settings)
+    create_only = spaces_client.CreateOnly(client)
     common = {"Bucket": settings.bucket, "Key": key}
+    if _exists(client, settings.bucket, key):
+        raise RuntimeError(f"s3://{settings.bucket}/{key} already exists: not overwriting it")
     started = time.time()
     proc = subprocess.Popen(
         [
@@ -293,9 +307,7 @@ def take(
         if tap.found is None:
             raise RuntimeError("pg_basebackup's output had no backup_manifest")
         done_parts = [p.result() for p in parts]
-        client.complete_multipart_upload(
-            **common, UploadId=upload_id, MultipartUpload={"Parts": done_parts}
-        )
+        _complete(client, create_only, common, upload_id, done_parts)
         upload_id = None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -334,6 +346,32 @@ def take(
     }
 
 
+def _exists(client: Any, bucket: str, key: str) -> bool:
+    return wal_agent.head(client, bucket, key) is not None
+
+
+def _complete(
+    client: Any, create_only: spaces_client.CreateOnly, common: dict, upload_id: str, parts: list
+) -> None:
+    """Completes the upload "create only": refused, naming the key, when the key appeared
+    since the check before pg_basebackup started; the store that does not implement the
+    header is asked again without it, after a new check."""
+    where = f"s3://{common['Bucket']}/{common['Key']}"
+    for _ in range(2):
+        try:
+            client.complete_multipart_upload(
+                **common, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+            return
+        except ClientError as e:
+            if create_only.refused(e):
+                raise RuntimeError(f"{where} appeared meanwhile: not overwriting it") from None
+            if not create_only.unsupported(e):
+                raise
+            if _exists(client, common["Bucket"], common["Key"]):
+                raise RuntimeError(f"{where} already exists: not overwriting it") from None
+
+
 def _read_full(stream: Any, size: int) -> bytes:
     """Up to `size` bytes; fewer only at the end of the stream."""
     chunks, have = [], 0
@@ -358,6 +396,7 @@ class _Ahead:
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
         self._rest = b""
         self._done = False
+        self._error: BaseException | None = None  # what the thread raised, raised again
         self._thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
         self._thread.start()
 
@@ -373,9 +412,12 @@ class _Ahead:
             self._queue.put(e)
 
     def read(self, n: int = -1) -> bytes:
+        if self._error is not None:
+            raise self._error
         while not self._rest and not self._done:
             item = self._queue.get()
             if isinstance(item, BaseException):
+                self._error = item  # the thread has ended: never wait on it again
                 raise item
             self._rest, self._done = item, not item
         size = len(self._rest) if n < 0 else n
@@ -404,16 +446,36 @@ def _syncfs(path: str) -> None:
 
 
 def restore(settings: wal_agent.Settings, key: str, sha256: str, pgdata: str) -> dict:
-    """Extract into pgdata (created 0700, or existing and empty). Refuses members that would
+    """Extract into a new directory beside pgdata (pgdata absent, or existing and empty),
+    check the object's SHA-256, and only then rename it to pgdata: whatever fails, pgdata
+    is left as it was and the extracted files are removed. Refuses members that would
     land outside it and anything but files and directories (no tablespaces here)."""
-    os.makedirs(pgdata, mode=0o700, exist_ok=True)
-    if os.listdir(pgdata):
+    pgdata = os.path.abspath(pgdata)
+    if os.path.isdir(pgdata) and os.listdir(pgdata):
         raise RuntimeError(f"{pgdata} is not empty: restore only into an empty directory")
+    parent = os.path.dirname(pgdata)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(pgdata)}.restoring-")
+    try:
+        result = _extract(settings, key, sha256, work)
+        os.rename(work, pgdata)  # replaces pgdata when it is an empty directory
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _fsync_dir(parent)  # the rename survives a crash
+    return result
+
+
+def _extract(settings: wal_agent.Settings, key: str, sha256: str, work: str) -> dict:
     started = time.time()
+    where = f"s3://{settings.bucket}/{key}"
     client = wal_agent.s3_client(settings)
-    body = client.get_object(Bucket=settings.bucket, Key=key)["Body"]
+    try:
+        body = client.get_object(Bucket=settings.bucket, Key=key)["Body"]
+    except Exception as e:
+        raise RuntimeError(f"{where}: {_reason(e)}") from None
     source = _Ahead(lambda: body.read(READ_SIZE), hashed=True)
-    root = os.path.realpath(pgdata)
+    root = os.path.realpath(work)
     files = 0
     flusher, flushing = ThreadPoolExecutor(2), []
 
@@ -432,20 +494,63 @@ def restore(settings: wal_agent.Settings, key: str, sha256: str, pgdata: str) ->
         return FileSink(path, flusher, flushing)
 
     walker = TarWalker(place)
-    with zstandard.ZstdDecompressor().stream_reader(source, read_size=READ_SIZE) as raw:
-        tar = _Ahead(lambda: raw.read(READ_SIZE * 4), depth=4)
+    raw = zstandard.ZstdDecompressor().stream_reader(source, read_size=READ_SIZE)
+    tar = _Ahead(lambda: raw.read(READ_SIZE * 4), depth=4)
+    try:
         while chunk := tar.read():
             walker.feed(chunk)
-    for job in flushing:
-        job.result()
-    flusher.shutdown()
-    if not walker.ended:
-        raise RuntimeError(f"{key}: the tar stream ends before its end-of-archive block")
+        for job in flushing:
+            job.result()
+        if not walker.ended:
+            raise RuntimeError("the tar stream ends before its end-of-archive block")
+    except Exception as e:
+        # A corrupt object usually breaks decompression or the tar stream before its
+        # end: read the rest (decompressor first: one reader of `source` at a time), so
+        # the error names the cause when it is the checksum.
+        digest = ""
+        with contextlib.suppress(Exception):
+            tar.finish()
+        with contextlib.suppress(Exception):
+            digest = source.finish()
+        if digest and digest != sha256:
+            raise RuntimeError(_mismatch(where, digest, sha256)) from None
+        raise RuntimeError(f"{where}: {_reason(e)}") from None
+    finally:
+        flusher.shutdown()
+        raw.close()
     digest = source.finish()
     if digest != sha256:
-        raise RuntimeError(f"{key}: SHA-256 {digest} differs from the manifest's {sha256}")
+        raise RuntimeError(_mismatch(where, digest, sha256))
     _syncfs(root)  # the directories (the files are synced already)
     return {"key": key, "bytes": source.bytes, "files": files, "seconds": time.time() - started}
+
+
+def _mismatch(where: str, digest: str, sha256: str) -> str:
+    return f"{where}: SHA-256 {digest} differs from the manifest's {sha256}: corrupt object"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def wal_list(settings: wal_agent.Settings, pgdata: str) -> dict:
+    """The archived WAL file names of pgdata's cluster."""
+    system_id = wal_agent.system_identifier(os.path.join(pgdata, "global"), pgdata)
+    prefix = spaces_layout.wal_prefix(settings.prefix, system_id)
+    client = wal_agent.s3_client(settings)
+    names = []
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=prefix
+    ):
+        for obj in page.get("Contents", []):
+            parsed = spaces_layout.parse_wal(settings.prefix, obj["Key"])
+            if parsed is not None and parsed[0] == system_id:
+                names.append(parsed[1])
+    return {"system_identifier": system_id, "prefix": prefix, "names": sorted(names)}
 
 
 def _reason(e: Exception) -> str:
@@ -472,13 +577,17 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("--key", required=True)
     back.add_argument("--sha256", required=True)
     back.add_argument("--pgdata", required=True)
+    wal = sub.add_parser("wal-list", help="the WAL archived for a data directory's cluster")
+    wal.add_argument("--pgdata", required=True)
     args = parser.parse_args(argv)
     settings = wal_agent.load_settings(args.config)
     try:
         if args.command == "take":
             result = take(settings, args.id, args.host, args.port, args.level, args.max_rate)
-        else:
+        elif args.command == "restore":
             result = restore(settings, args.key, args.sha256, args.pgdata)
+        else:
+            result = wal_list(settings, args.pgdata)
     except Exception as e:  # one line, never a traceback with request details
         print(f"basebackup {args.command}: {_reason(e)}", file=sys.stderr)
         return 1

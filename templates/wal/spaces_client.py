@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
-__all__ = ["Settings", "client", "load"]
+__all__ = ["CreateOnly", "Settings", "client", "load"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,3 +91,38 @@ def client(s: Settings) -> Any:
         verify=s.ca_bundle or True,
         config=config,
     )
+
+
+class CreateOnly:
+    """Makes every PutObject and CompleteMultipartUpload of `client` "create only"
+    (If-None-Match: *): S3 refuses the write (PreconditionFailed) when the key exists, so
+    an archive never overwrites an object, even one written by a concurrent writer after
+    the HEAD that decided to write. A store that does not implement the header answers
+    NotImplemented: `unsupported(e)` turns the header off once (the caller's HEAD before
+    each write then decides alone) and tells the caller to retry. Used by the WAL agent
+    and base backups: the one copy of this rule."""
+
+    def __init__(self, client: Any) -> None:
+        self.enabled = True
+        for op in ("PutObject", "CompleteMultipartUpload"):
+            client.meta.events.register(f"before-sign.s3.{op}", self._header)
+
+    def _header(self, request: Any, **_: Any) -> None:
+        if self.enabled:
+            request.headers["If-None-Match"] = "*"
+
+    @staticmethod
+    def refused(e: ClientError) -> bool:
+        """S3 refused the write: the key exists."""
+        return error_code(e) == "PreconditionFailed"
+
+    def unsupported(self, e: ClientError) -> bool:
+        """The store does not implement the header: off from now on; retry the write."""
+        if self.enabled and error_code(e) == "NotImplemented":
+            self.enabled = False
+            return True
+        return False
+
+
+def error_code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))

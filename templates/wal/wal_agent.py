@@ -12,9 +12,14 @@ HTTP on a unix socket (mode 0600, so only postgres and root can ask):
                                                409 different contents stored: not replaced
   GET /restore/<name>?dest=<abs>&pgdata=<abs>  200 written (fsynced, renamed into place)
                                                404 not in the archive
+                                               422 the object is corrupt (SHA-256
+                                                   mismatch, not zstd, no sha256): nothing
+                                                   written
   GET /health[?s3=1]                           200 JSON counters; 503 if S3 does not answer
 Other answers: 400 bad request, 502 S3 failed or unreachable, 500 anything else, each
-with a one-line reason as the body.
+with a one-line reason as the body; a restore's reasons name the object (s3://bucket/key).
+restore.sh (wal-restore) turns these into exit codes: only 404 is "not there", which
+its --strict mode (restores and drills) keeps apart from 422/502/500 (abort recovery).
 
 PostgreSQL archives one file at a time; while it waits, the agent uploads the next files
 marked ready in pg_wal/archive_status (read_ahead). It answers for such a file later
@@ -72,6 +77,7 @@ READ_SIZE = 1 << 20
 # whatever the file size.
 PART_SIZE = 8 << 20
 NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+CORRUPT = 422  # the restore answer for an object that fails its checks
 
 
 class Failure(Exception):
@@ -126,8 +132,18 @@ def file_signature(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def error_code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
+error_code = spaces_client.error_code
+
+
+def head(client: Any, bucket: str, key: str) -> dict[str, str] | None:
+    """The object's metadata; None when there is no such object (the check before every
+    create-only write, base backups' too)."""
+    try:
+        return client.head_object(Bucket=bucket, Key=key)["Metadata"]
+    except ClientError as e:
+        if error_code(e) in NOT_FOUND:
+            return None
+        raise
 
 
 def md5_b64(data: bytes) -> str:
@@ -141,9 +157,7 @@ class Agent:
         self.client = s3_client(settings)
         # Every write is "create only" (If-None-Match: *): the HEAD before it decides,
         # this closes the race with a concurrent writer where the store supports it.
-        self.conditional = True
-        for op in ("PutObject", "CompleteMultipartUpload"):
-            self.client.meta.events.register(f"before-sign.s3.{op}", self._if_none_match)
+        self.create_only = spaces_client.CreateOnly(self.client)
         self.started = time.time()
         self.lock = threading.Lock()
         self.stats: dict[str, Any] = {"archived": 0, "restored": 0, "failed": 0, "read_ahead": 0}
@@ -152,10 +166,6 @@ class Agent:
         self.ahead = ThreadPoolExecutor(settings.read_ahead) if settings.read_ahead else None
         self.pending: dict[str, Future[None]] = {}
         self.uploaded: dict[str, tuple[tuple[int, ...], str]] = {}
-
-    def _if_none_match(self, request: Any, **_: Any) -> None:
-        if self.conditional:
-            request.headers["If-None-Match"] = "*"
 
     def key(self, system_id: str, name: str) -> str:
         return spaces_layout.wal_key(self.s.prefix, system_id, name)
@@ -246,12 +256,7 @@ class Agent:
                 del self.pending[key]
 
     def head(self, key: str) -> dict[str, str] | None:
-        try:
-            return self.client.head_object(Bucket=self.s.bucket, Key=key)["Metadata"]
-        except ClientError as e:
-            if error_code(e) in NOT_FOUND:
-                return None
-            raise
+        return head(self.client, self.s.bucket, key)
 
     @staticmethod
     def same(name: str, stored: dict[str, str], digest: str) -> str:
@@ -270,10 +275,9 @@ class Agent:
         try:
             return self._upload(key, path, digest, size)
         except ClientError as e:
-            if not (self.conditional and error_code(e) == "NotImplemented"):
+            if not self.create_only.unsupported(e):
                 raise
             log.warning("the S3 store does not implement If-None-Match: relying on HEAD")
-            self.conditional = False
             return self._upload(key, path, digest, size)
 
     def _upload(self, key: str, path: str, digest: str, size: int) -> int:
@@ -314,7 +318,7 @@ class Agent:
             upload_id = None  # completed: nothing to abort
             return sent
         except ClientError as e:
-            if error_code(e) == "PreconditionFailed":
+            if self.create_only.refused(e):
                 raise ConditionFailed() from e
             raise
         finally:
@@ -327,25 +331,34 @@ class Agent:
     # --- restore --------------------------------------------------------------------
 
     def restore(self, name: str, dest: str, pgdata: str | None) -> str:
+        """Every reason names the object: 404 not in the archive, 422 corrupt, 502 S3
+        failed (asking, or while reading the body)."""
         key = self.key(system_identifier(dest, pgdata), name)
+        where = f"s3://{self.s.bucket}/{key}"
         try:
             obj = self.client.get_object(Bucket=self.s.bucket, Key=key)
         except ClientError as e:
             if error_code(e) in NOT_FOUND:
-                raise Failure(404, f"{name} is not in the archive") from None
-            raise
+                raise Failure(404, f"{name} is not in the archive ({where})") from None
+            raise Failure(502, f"{where}: S3: {e}") from None
+        except BotoCoreError as e:
+            raise Failure(502, f"{where}: S3: {e}") from None
         body = obj["Body"]
         try:
             expected = obj["Metadata"].get("sha256")
             if not expected:
-                raise Failure(500, f"{name}: the stored object has no sha256")
-            size = self._write(name, body, dest, expected)
+                raise Failure(CORRUPT, f"{where}: corrupt object: no sha256 in its metadata")
+            size = self._write(where, body, dest, expected)
+        except zstandard.ZstdError as e:
+            raise Failure(CORRUPT, f"{where}: corrupt object: {e}; nothing written") from None
+        except (BotoCoreError, ClientError) as e:
+            raise Failure(502, f"{where}: S3 failed while reading it: {e}") from None
         finally:
             body.close()
         return f"restored {name} ({size} bytes)"
 
     @staticmethod
-    def _write(name: str, body: Any, dest: str, expected: str) -> int:
+    def _write(where: str, body: Any, dest: str, expected: str) -> int:
         """Decompress into a temp file beside dest, check, fsync, rename: dest is either
         absent or complete and verified."""
         directory = os.path.dirname(dest)
@@ -361,9 +374,9 @@ class Agent:
                     size += len(block)
                 if digest.hexdigest() != expected:
                     raise Failure(
-                        500,
-                        f"{name}: restored bytes have sha256 {digest.hexdigest()}, "
-                        f"the archive says {expected}: corrupt object, nothing written",
+                        CORRUPT,
+                        f"{where}: corrupt object: restored bytes have sha256 "
+                        f"{digest.hexdigest()}, its metadata says {expected}; nothing written",
                     )
                 out.flush()
                 os.fsync(out.fileno())

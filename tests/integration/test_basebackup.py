@@ -113,13 +113,89 @@ def test_restore_extracts_a_verifiable_data_directory(server: Server, taken: dic
     assert again.returncode == 1 and "not empty" in again.stderr
 
 
+def extracted(server: Server, target: Path) -> list[str]:
+    """Whatever a restore into target left: in it, or beside it (its work directory)."""
+    inside = [str(p) for p in target.rglob("*")] if target.exists() else []
+    beside = [str(p) for p in server.base.glob(f".{target.name}*")]
+    return inside + beside
+
+
 def test_restore_refuses_an_object_whose_checksum_differs(server: Server, taken: dict) -> None:
+    """The object is intact, the manifest's checksum is not: every file extracts, and
+    still none is left behind."""
     (obj,) = taken["objects"]
+    target = server.base / "bad"
     res = server.program(
-        "restore", "--key", obj["key"], "--sha256", "0" * 64, "--pgdata", str(server.base / "bad")
+        "restore", "--key", obj["key"], "--sha256", "0" * 64, "--pgdata", str(target)
     )
     assert res.returncode == 1
     assert "differs from the manifest" in res.stderr and "Traceback" not in res.stderr
+    assert obj["key"] in res.stderr
+    assert extracted(server, target) == []
+
+
+@pytest.mark.parametrize("where", [0.5, 0.999])
+def test_a_backup_object_changed_in_place_leaves_nothing_extracted(
+    server: Server, taken: dict, moto: Moto, where: float
+) -> None:
+    """Same size, other bytes (in the middle: decompression or the tar breaks; near the
+    end: everything extracts before the checksum tells): the error names the object, and
+    the target stays empty, as does its parent."""
+    (obj,) = taken["objects"]
+    body = moto.client.get_object(Bucket=BUCKET, Key=obj["key"])["Body"].read()
+    at = int(len(body) * where)
+    forged = body[:at] + bytes(b ^ 0x5A for b in body[at : at + 16]) + body[at + 16 :]
+    assert len(forged) == len(body) and forged != body
+    key = obj["key"].replace("/20261126T000000Z/", f"/changed-{at}/")
+    moto.client.put_object(Bucket=BUCKET, Key=key, Body=forged)
+    target = server.base / f"changed-{at}"
+    target.mkdir()
+    shutil.chown(target, "postgres", "postgres")
+    res = server.program(
+        "restore", "--key", key, "--sha256", obj["sha256"], "--pgdata", str(target)
+    )
+    assert res.returncode == 1, res.stdout
+    line = res.stderr.strip()
+    assert f"s3://{BUCKET}/{key}" in line and "differs from the manifest" in line, line
+    assert "Traceback" not in line
+    assert extracted(server, target) == [] and target.is_dir()
+
+
+def test_a_backup_never_overwrites_an_object(server: Server, taken: dict, moto: Moto) -> None:
+    """A second backup under a stored id is refused before pg_basebackup starts; one
+    whose key appears while it runs is refused by S3 at completion (create only, as the
+    WAL agent's writes): the stored object stays as it was."""
+    (obj,) = taken["objects"]
+    before = moto.client.head_object(Bucket=BUCKET, Key=obj["key"])["ETag"]
+    again = server.program(
+        "take", "--id", taken["id"], "--host", str(server.base), "--port", str(server.port)
+    )
+    assert again.returncode == 1 and "already exists: not overwriting" in again.stderr
+    assert obj["key"] in again.stderr
+    # The race: the check before the backup misses the object (as if written after it).
+    race = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import basebackup as b\n"
+        "b._exists = lambda *a: False\n"
+        "sys.exit(b.main(sys.argv[2:]))\n"
+    )
+    raced = as_postgres(
+        PYTHON,
+        "-c",
+        race,
+        server.base,
+        "--config",
+        server.conf,
+        "take",
+        "--id",
+        taken["id"],
+        "--host",
+        server.base,
+        "--port",
+        server.port,
+    )
+    assert raced.returncode == 1 and "appeared meanwhile: not overwriting" in raced.stderr
+    assert moto.client.head_object(Bucket=BUCKET, Key=obj["key"])["ETag"] == before
+    assert moto.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
 def test_a_failed_pg_basebackup_leaves_no_upload_behind(server: Server, moto: Moto) -> None:

@@ -587,6 +587,91 @@ def test_commands_exit_2_when_the_agent_is_down(tmp_path: Path, pgdata: PgData) 
     assert run(restore_sh, "000000010000000000000001", "pg_wal/X", pgdata.path).returncode == 2
 
 
+# --- strict and lenient restore_command ---------------------------------------------------
+
+
+def strict(agent: Agent, pg: PgData, name: str) -> subprocess.CompletedProcess[str]:
+    """restore_command as restores and recoveries run it: '... --strict %f %p'."""
+    return subprocess.run(
+        [str(agent.restore_sh), "--strict", name, "pg_wal/RECOVERYXLOG"],
+        cwd=pg.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _same_size_other_bytes(moto: Moto, key: str) -> None:
+    """The object changed in place: same size, a few bytes in its middle flipped."""
+    body, meta, _ = stored(moto, key)
+    middle = len(body) // 2
+    forged = body[:middle] + bytes(b ^ 0xFF for b in body[middle : middle + 8]) + body[middle + 8 :]
+    assert len(forged) == len(body) and forged != body
+    moto.client.put_object(Bucket=BUCKET, Key=key, Body=forged, Metadata=meta)
+
+
+@pytest.mark.parametrize("trouble", ["missing", "corrupt", "s3-hangs", "s3-refuses", "no-agent"])
+def test_strict_mode_stops_on_trouble_and_lenient_mode_waits(
+    moto: Moto,
+    agent: Agent,
+    start_agent: Callable[..., Agent],
+    pgdata: PgData,
+    tmp_path: Path,
+    trouble: str,
+) -> None:
+    """Only "not in the archive" is the end of the archive for a restore (exit 1,
+    quietly); a corrupt object, S3 failing and a silent agent exit above 125 in strict
+    mode (PostgreSQL aborts recovery) after one line naming the object. The lenient mode
+    (replicas) keeps exiting 1 (2 for a silent agent) for all of them."""
+    name = "000000010000000000000060"
+    key = pgdata.key(name)
+    who = agent
+    if trouble != "missing":
+        assert archive(agent, pgdata, name, wal_like(SEGMENT, 60)).returncode == 0
+    if trouble == "corrupt":
+        _same_size_other_bytes(moto, key)
+    elif trouble == "s3-refuses":
+        who = start_agent(f"http://127.0.0.1:{free_port()}", connect_timeout=1, max_attempts=2)
+    elif trouble == "s3-hangs":
+        who = start_agent(moto.endpoint, connect_timeout=1, read_timeout=2, max_attempts=2)
+    elif trouble == "no-agent":
+        sock = tmp_path / "nobody.sock"
+        who = Agent(agent.proc, sock, agent.log, agent.archive_sh, agent.restore_sh)
+        who.restore_sh = render_script("wal/restore.sh.j2", tmp_path / "wal-restore", sock)
+
+    def both() -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        if trouble != "s3-hangs":
+            return restore(who, pgdata, name), strict(who, pgdata, name)
+        with moto.stopped():
+            return restore(who, pgdata, name), strict(who, pgdata, name)
+
+    lenient, strict_ = both()
+    expected = {"missing": 1, "corrupt": 200, "s3-hangs": 201, "s3-refuses": 201, "no-agent": 202}
+    assert (lenient.returncode, strict_.returncode) == (
+        2 if trouble == "no-agent" else 1,
+        expected[trouble],
+    ), strict_.stderr
+    assert not (pgdata.wal / "RECOVERYXLOG").exists()
+    assert leftovers(pgdata) == []
+    if trouble == "missing":
+        assert lenient.stderr == strict_.stderr == ""  # PostgreSQL asks for future files
+        return
+    lines = strict_.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wal-restore {name}: "), lines
+    if trouble != "no-agent":
+        assert f"s3://{BUCKET}/{key}" in lines[0]
+        assert ("corrupt object" if trouble == "corrupt" else "S3") in lines[0]
+    assert lenient.stderr.strip() == lines[0]  # the same line, only the exit code differs
+
+
+def test_strict_mode_refuses_bad_arguments_above_125(agent: Agent, pgdata: PgData) -> None:
+    bad = subprocess.run(
+        [str(agent.restore_sh), "--strict", "../x"], cwd=pgdata.path, capture_output=True
+    )
+    assert bad.returncode == 203 and b"usage" in bad.stderr
+    assert run(agent.restore_sh, "../x", "pg_wal/X", pgdata.path).returncode == 3
+
+
 # --- bounded memory -----------------------------------------------------------------------
 
 

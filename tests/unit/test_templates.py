@@ -105,6 +105,8 @@ def test_patroni_yml_content() -> None:
     assert pg["authentication"]["rewind"]["password"] == "Re1windPw"
     assert pg["create_replica_methods"] == ["basebackup"]
     assert {"checkpoint": "fast"} in pg["basebackup"]
+    # Replicas stay lenient: trouble fetching WAL is "not there yet", they stream or retry.
+    assert pg["recovery_conf"]["restore_command"] == "/usr/local/lib/lifeboat/wal-restore %f %p"
     host_rules = [r for r in pg["pg_hba"] if r.startswith("host")]
     assert "host replication replicator 10.10.0.0/16 scram-sha-256" in host_rules
     # nothing from outside the VPC (and loopback), nothing weaker than scram
