@@ -599,6 +599,8 @@ def _read_yaml(path: Path) -> dict:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        if isinstance(exc, _DuplicateKey):
+            raise SpecError(f"{path}: {where}{what}") from None
         raise SpecError(f"{path}: {where}not valid YAML ({what}): fix it there") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
@@ -610,6 +612,10 @@ def _read_yaml(path: Path) -> dict:
             f"found a {type(data).__name__}: see {example}"
         )
     return data
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -627,7 +633,7 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base class says so
                 continue
             if line != key_node.start_mark.line:
-                raise yaml.constructor.ConstructorError(
+                raise _DuplicateKey(
                     None,
                     None,
                     f"key {key!r} given twice (first on line {line + 1}): keep one",
