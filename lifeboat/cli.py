@@ -129,7 +129,7 @@ def _where_logged(flow_run_id: object) -> str:
         ui = get_current_settings().ui_url
         if get_current_settings().api.url and ui:
             where += f" or {ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
-    except Exception:  # noqa: BLE001, S110 - the id alone still finds it
+    except Exception:  # noqa: BLE001 - the id alone still finds it
         pass
     return where
 

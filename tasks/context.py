@@ -159,8 +159,9 @@ def check_credentials(credentials: str) -> None:
     """Before a run: the three blocks exist and the DigitalOcean API answers and accepts the
     token (a ClusterError or CloudError saying what to change). One quick try: a run that
     starts retries as usual."""
-    check_blocks(credentials)
     creds = _load(DigitalOceanCredentials, credentials)
+    for block in (SpacesCredentials, SSHIdentity):
+        _load(block, credentials)
     do = digitalocean.client(
         creds.token.get_secret_value(),
         creds.api_url,

@@ -194,3 +194,25 @@ def test_a_failing_runbook_with_debug_shows_the_traceback(prefect_server: None) 
     run = run_failing("--debug")
     assert run.returncode == 1
     assert "Traceback" in run.stderr and "HAProxyError" in run.stderr
+
+
+def test_a_runbook_that_succeeds_prints_its_result(
+    prefect_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_run` hands back the flow's own return value (here a dict, as `status --json`)."""
+    from prefect import flow
+
+    import flows.status
+
+    marker = object()
+
+    @flow(name="status")
+    def fine(spec: object, credentials: str) -> dict:
+        return {"stack": "compact", "ok": True, "same": marker}
+
+    monkeypatch.setattr(flows.status, "stack_status", fine)
+    monkeypatch.setattr(cli, "_blocks", lambda credentials: None)
+    assert cli._run(fine, None, "lab")["same"] is marker
+    result = invoke("status", "--spec", SPEC, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"] is True
