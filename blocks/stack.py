@@ -15,7 +15,17 @@ from typing import Any, Literal
 import yaml
 from cronsim import CronSim, CronSimError
 from prefect.blocks.core import Block
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from blocks import sqlnames
 
 Role = Literal["etcd", "postgres", "haproxy", "wordpress"]
 ROLES: tuple[str, ...] = ("etcd", "postgres", "haproxy", "wordpress")
@@ -139,6 +149,18 @@ class PatroniSpec(_Section):
     rewind_user: str = "rewind"
     restapi_user: str = "patroni"
 
+    @field_validator("superuser", "replication_user", "rewind_user")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        return sqlnames.check(value, role=True, example="replicator")
+
+    @field_validator("restapi_user")
+    @classmethod
+    def _restapi_user(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]{1,63}$", value):
+            raise ValueError("use letters, digits, '-' and '_' only, e.g. 'patroni'")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _no_sync_here(cls, data: Any) -> Any:
@@ -225,7 +247,6 @@ class HAProxySpec(_Section):
 
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_SQL_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -303,13 +324,13 @@ class WordPressSpec(_Section):
 
     @field_validator("db_name", "db_user")
     @classmethod
-    def _sql_name(cls, value: str) -> str:
-        if not _SQL_NAME.match(value) or value.startswith("pg_") or value == "postgres":
+    def _sql_name(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("pg_") or value in ("postgres", "template0", "template1"):
             raise ValueError(
-                f"{value!r}: use lowercase letters, digits and '_' (not starting with a digit "
-                "or 'pg_', and not 'postgres'), e.g. 'wordpress'"
+                f"{value!r} is PostgreSQL's own (not 'postgres', 'template0/1' or 'pg_*'): "
+                "choose another name, e.g. 'wordpress'"
             )
-        return value
+        return sqlnames.check(value, role=info.field_name == "db_user", example="wordpress")
 
     def site_domain(self, stack: str) -> str:
         return self.domain or f"{stack}.lifeboat.test"
@@ -410,6 +431,20 @@ class StackSpec(_Section):
                     f"admin_cidrs {', '.join(world)} opens SSH to the whole internet: list "
                     "your own address ranges instead, or set allow_world_admin: true"
                 )
+        roles = {
+            "patroni.superuser": self.patroni.superuser,
+            "patroni.replication_user": self.patroni.replication_user,
+            "patroni.rewind_user": self.patroni.rewind_user,
+            "wordpress.db_user": self.wordpress.db_user,
+        }
+        seen: dict[str, str] = {}
+        for key, role in roles.items():
+            if role in seen:
+                problems.append(
+                    f"{key} {role!r} is also {seen[role]}: each PostgreSQL role needs its own "
+                    "name (each has its own password and rights)"
+                )
+            seen.setdefault(role, key)
         names = [g.name for g in self.groups]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -522,32 +557,117 @@ class StackSpec(_Section):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> StackSpec:
-        """Load and validate a spec file; errors name the file and the offending key."""
+        """Load and validate a spec file. Every way it can fail is a SpecError whose message
+        names the file (and the line or key) and says what to change; `.problems` holds
+        one line per problem."""
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise SpecError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise SpecError(f"{path}: expected a mapping at the top level")
+        data = _read_yaml(path)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise SpecError(f"{path}: {format_errors(e)}") from None
+            raise SpecError(*(f"{path}: {p}" for p in problems(e))) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    """The file's top-level mapping; a SpecError for anything else."""
+    example = "examples/compact.yaml"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        msg = f"{path}: no such file: give the path of a stack spec, e.g. {example}"
+        raise SpecError(msg) from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory: give a spec file in it, e.g. {example}") from None
+    except PermissionError:
+        raise SpecError(
+            f"{path}: permission denied: make it readable by this user, or run as its owner"
+        ) from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot be read ({exc.strerror or exc}): check the path") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(
+            f"{path}: line {line}, column {column}: not UTF-8 (byte 0x{raw[exc.start]:02x}): "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        if isinstance(exc, _DuplicateKey):
+            raise SpecError(f"{path}: {where}{what}") from None
+        raise SpecError(f"{path}: {where}not valid YAML ({what}): fix it there") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if data is None:
+        raise SpecError(f"{path}: is empty: write a stack spec, e.g. like {example}")
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{path}: expected a mapping at the top level (name:, region:, groups:, ...), "
+            f"found a {type(data).__name__}: see {example}"
+        )
+    return data
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
+    last one silently, so a spec could say two things and mean one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` may override on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                line = first.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if line != key_node.start_mark.line:
+                raise _DuplicateKey(
+                    None,
+                    None,
+                    f"key {key!r} given twice (first on line {line + 1}): keep one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 class SpecError(ValueError):
-    """A spec that cannot be built; the message says what to change."""
+    """A spec that cannot be built; the message says what to change. `problems` holds one
+    line per problem; the message joins them."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(problems))
 
 
-def format_errors(error: ValidationError) -> str:
+def problems(error: ValidationError) -> list[str]:
     """One line per problem, `key.path: message`, without pydantic's input dumps."""
     lines = []
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "missing: add it (see examples/compact.yaml)"
+        elif err["type"] == "extra_forbidden":
+            msg = "not a key Lifeboat knows (a typo?): remove or rename it"
         lines.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(lines)
+    return lines
+
+
+def format_errors(error: ValidationError) -> str:
+    """The problems of `error` on one line."""
+    return "; ".join(problems(error))
 
 
 class StackSpecBlock(Block):

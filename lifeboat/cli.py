@@ -1,18 +1,34 @@
-"""The `lifeboat` command."""
+"""The `lifeboat` command.
+
+Bad input (the spec file, the credentials blocks, an API that does not answer or refuses,
+a local cloud that is down) ends in one line per problem on stderr saying what to change,
+exit code 2. A runbook that fails ends in `error: <its message>` and where its full log is,
+exit code 1. `--debug` (or LIFEBOAT_DEBUG=1) shows tracebacks instead. No traceback
+otherwise; Ctrl-C still interrupts.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
 
 # No network but the registries here; Prefect must not try to phone home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# No locals in a traceback (--debug): they would show tokens and keys.
 app = typer.Typer(
-    help="Lifeboat: disaster-recovery runbooks for WordPress on Patroni.", no_args_is_help=True
+    help="Lifeboat: disaster-recovery runbooks for WordPress on Patroni.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
 lab_app = typer.Typer(
     help="The local cloud: DigitalOcean on one machine (needs root).", no_args_is_help=True
@@ -26,6 +42,137 @@ CREDENTIALS = typer.Option(
     help="Name of the credentials blocks to use (`lifeboat lab blocks` saves the local "
     "cloud's as `lab`).",
 )
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        envvar="LIFEBOAT_DEBUG",
+        help="Show tracebacks (Lifeboat's and Prefect's) instead of one line per error.",
+    ),
+) -> None:
+    _STATE["debug"] = debug
+
+
+class BadInput(Exception):
+    """Something the user gives or runs is wrong: each line says what to change (exit 2)."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+class RunbookFailed(Exception):
+    """A runbook (a Prefect flow) failed: its message, and the flow run that has the log."""
+
+    def __init__(self, error: BaseException, flow_run_id: object) -> None:
+        super().__init__(_one_line(error))
+        self.flow_run_id = flow_run_id
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " | ".join(lines) or type(exc).__name__
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command; turn what it raises into the lines and exit codes above."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BadInput as exc:
+            for line in exc.lines:
+                typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(2) from None
+        except RunbookFailed as exc:
+            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"full log: {_where_logged(exc.flow_run_id)}", err=True)
+            raise typer.Exit(1) from None
+        except Exception as exc:
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            typer.echo("(`lifeboat --debug ...` shows the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _command(group: typer.Typer, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`group.command(name)`, guarded."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        group.command(name)(_guarded(fn))
+        return fn
+
+    return register
+
+
+def _where_logged(flow_run_id: object) -> str:
+    """Where a flow run's full log is: the Prefect CLI command (and the UI, when a server
+    with one is configured)."""
+    where = f"Prefect flow run {flow_run_id}: `prefect flow-run logs {flow_run_id}`"
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import get_current_settings
+
+        with get_client(sync_client=True) as client:
+            name = client.read_flow_run(flow_run_id).name  # type: ignore[arg-type]
+        where = f"Prefect flow run {name!r} ({flow_run_id}): `prefect flow-run logs {flow_run_id}`"
+        ui = get_current_settings().ui_url
+        if get_current_settings().api.url and ui:
+            where += f" or {ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+    except Exception:  # noqa: BLE001 - the id alone still finds it
+        pass
+    return where
+
+
+class _NoTraceback(logging.Formatter):
+    """Prefect's console lines without the tracebacks (the flow run's log keeps them)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self._inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self._inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _quiet_console() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+                handler.formatter, _NoTraceback
+            ):
+                handler.setFormatter(_NoTraceback(handler.formatter))
+
+
+def _run(flow: Any, *args: Any) -> Any:  # noqa: ANN401 - a Prefect flow and its result
+    """Run a runbook; its exception becomes RunbookFailed (with --debug: raised as is)."""
+    if not _STATE["debug"]:
+        _quiet_console()
+    state = flow(*args, return_state=True)
+    try:
+        return state.result()
+    except Exception as exc:
+        if _STATE["debug"]:
+            raise
+        raise RunbookFailed(exc, state.state_details.flow_run_id) from None
 
 
 def _load_spec(path: Path):  # noqa: ANN202 - StackSpec, imported lazily
@@ -33,46 +180,59 @@ def _load_spec(path: Path):  # noqa: ANN202 - StackSpec, imported lazily
 
     try:
         return StackSpec.from_yaml(path)
-    except (SpecError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except SpecError as exc:
+        raise BadInput(*exc.problems) from None
 
 
 def _blocks(credentials: str) -> None:
-    """The credentials blocks named `credentials` must exist: say which is missing, and how
-    to save it, before any run starts."""
-    from tasks.context import ClusterError, check_blocks
+    """Before any run starts: the credentials blocks named `credentials` exist (else say
+    which is missing and how to save it) and the DigitalOcean API answers and accepts the
+    token (else say where it was asked and what to check)."""
+    from tasks.context import ClusterError, check_credentials
+    from tasks.droplets import CloudError, Unreachable
 
     try:
-        check_blocks(credentials)
-    except ClusterError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        check_credentials(credentials)
+    except Unreachable as exc:
+        if exc.url == _lab_api_url():
+            raise BadInput(
+                f"the local cloud is down (its API at {exc.url} does not answer): run "
+                "`lifeboat lab up`"
+            ) from None
+        raise BadInput(str(exc)) from None
+    except (ClusterError, CloudError) as exc:
+        raise BadInput(str(exc)) from None
 
 
-@app.command("up")
+def _lab_api_url() -> str:
+    from lab.config import API_PORT, GATEWAY
+
+    return f"http://{GATEWAY}:{API_PORT}"
+
+
+@_command(app, "up")
 def up_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Provision the stack's droplets and build its cluster (a rerun changes nothing)."""
     stack = _load_spec(spec)
     _blocks(credentials)
     from flows.up import up
 
-    result = up(stack, credentials)
+    result = _run(up, stack, credentials)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
-@app.command("wordpress")
+@_command(app, "wordpress")
 def wordpress_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Roll the web tier out alone, one droplet at a time behind health gates."""
     stack = _load_spec(spec)
     _blocks(credentials)
     from flows.wordpress import wordpress
 
-    result = wordpress(stack, credentials)
+    result = _run(wordpress, stack, credentials)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
-@app.command("backup")
+@_command(app, "backup")
 def backup_cmd(
     spec: Path = SPEC,
     credentials: str = CREDENTIALS,
@@ -85,20 +245,21 @@ def backup_cmd(
     _blocks(credentials)
     from flows.backup import backup
 
-    typer.echo(json.dumps(backup(stack, credentials, wait), indent=2, default=str))
+    typer.echo(json.dumps(_run(backup, stack, credentials, wait), indent=2, default=str))
 
 
-@app.command("backup-health")
+@_command(app, "backup-health")
 def backup_health_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Fails when WAL archiving lags or the newest backup is older than the schedule allows."""
     stack = _load_spec(spec)
     _blocks(credentials)
     from flows.backup import backup_health
 
-    typer.echo(json.dumps(backup_health(stack, credentials), indent=2, default=str))
+    result = _run(backup_health, stack, credentials)
+    typer.echo(json.dumps(result, indent=2, default=str))
 
 
-@app.command("serve")
+@_command(app, "serve")
 def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Serve the stack's scheduled runbooks (nightly backup, health checks) until stopped."""
     stack = _load_spec(spec)
@@ -110,20 +271,20 @@ def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     serve(*deployments(stack, credentials))
 
 
-@app.command("provision")
+@_command(app, "provision")
 def provision_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     """Only the cloud resources: droplets, VPC, firewalls, load balancer, bucket."""
     stack = _load_spec(spec)
     _blocks(credentials)
     from flows.provision import provision
 
-    for host in provision(stack, credentials):
+    for host in _run(provision, stack, credentials):
         typer.echo(
             f"{host.name:<28} {host.public_ip:<15} {host.private_ip:<15} {','.join(host.roles)}"
         )
 
 
-@app.command("status")
+@_command(app, "status")
 def status_cmd(
     spec: Path = SPEC,
     credentials: str = CREDENTIALS,
@@ -134,7 +295,7 @@ def status_cmd(
     _blocks(credentials)
     from flows.status import stack_status
 
-    status = stack_status(stack, credentials)
+    status = _run(stack_status, stack, credentials)
     typer.echo(json.dumps(status, indent=2, default=str) if as_json else _status_text(status))
 
 
@@ -197,9 +358,55 @@ def _status_text(status: dict) -> str:
     return "\n".join(out)
 
 
-@lab_app.command("up")
+def _need_root() -> None:
+    """The local cloud lives in root's files, network namespaces and nftables."""
+    if os.geteuid() != 0:
+        raise BadInput("the local cloud needs root: run this as root (e.g. with sudo)")
+
+
+def _need_lab(api: bool = True) -> None:
+    """The local cloud is up (with `api`: its API answers), else BadInput saying so."""
+    from lab import lifecycle
+    from lab.config import LAB_FILE
+
+    _need_root()
+    if not LAB_FILE.exists() or not lifecycle.TOKEN_FILE.exists():
+        raise BadInput("the local cloud is down: run `lifeboat lab up`")
+    # The API alone: partitions and power-offs must work while Spaces is out on purpose.
+    if api and not lifecycle._api_answers(lifecycle.TOKEN_FILE.read_text()):
+        raise BadInput(
+            f"the local cloud's API at {lifecycle.API_URL} does not answer: run "
+            "`lifeboat lab up` (it repairs a half-up local cloud)"
+        )
+
+
+def _find(action: Callable[[], dict], droplet: str) -> dict:
+    """A fault on a droplet named (or numbered) on the command line; a name or id the
+    local cloud does not know, or a partition from itself, is bad input."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    _need_lab()
+    try:
+        return action()
+    except LookupError as exc:
+        unknown = re.match(r"0 droplets are named (.*); ", str(exc))
+        if unknown:
+            raise BadInput(
+                f"no droplet is named {unknown[1]}: `lifeboat lab status` lists them"
+            ) from None
+        raise BadInput(str(exc)) from None
+    except ResourceNotFoundError:
+        raise BadInput(
+            f"no droplet has the id given ({droplet} or a --from): `lifeboat lab status` lists them"
+        ) from None
+    except ValueError as exc:  # partitioned from itself
+        raise BadInput(str(exc)) from None
+
+
+@_command(lab_app, "up")
 def lab_up() -> None:
     """Bring the local cloud up (builds the golden image the first time)."""
+    _need_root()
     from lab import lifecycle
 
     lifecycle.up()
@@ -224,36 +431,41 @@ def _save_lab_blocks(info: dict, name: str) -> None:
     typer.echo(f"blocks   {name} (run with --credentials {name})")
 
 
-@lab_app.command("blocks")
+@_command(lab_app, "blocks")
 def lab_blocks(
     name: str = typer.Option(LAB_BLOCKS, "--name", help="Name to save the blocks under."),
 ) -> None:
     """Save (or refresh) the running local cloud's API token, Spaces keys and SSH key as
     Lifeboat's credentials blocks under NAME (`lab up` does this for `lab`)."""
+    _need_lab()
     from lab import lifecycle
 
     info = lifecycle.info()
     if not info.get("up"):
-        typer.echo("error: the local cloud is down: run `lifeboat lab up` first", err=True)
-        raise typer.Exit(2)
+        raise BadInput("the local cloud is not all up: run `lifeboat lab up`")
     _save_lab_blocks(info, name)
 
 
-@lab_app.command("down")
+@_command(lab_app, "down")
 def lab_down() -> None:
     """Remove everything the local cloud made; fails if anything is left."""
+    _need_root()
     from lab import lifecycle
 
     if lifecycle.down():
         raise typer.Exit(1)
 
 
-@lab_app.command("status")
+@_command(lab_app, "status")
 def lab_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
-    """API URL and token, Spaces endpoint and keys, SSH key, droplets."""
+    """API URL and token, Spaces endpoint and keys, SSH key, droplets (exit code 1: down)."""
+    _need_root()
     from lab import lifecycle
 
-    info = lifecycle.info()
+    try:
+        info = lifecycle.info()
+    except Exception as exc:  # noqa: BLE001 - half up: lab.json there, its API not answering
+        info = {"up": False, "error": f"its API does not answer ({type(exc).__name__})"}
     if as_json:
         typer.echo(json.dumps(info, indent=2))
     else:
@@ -264,7 +476,8 @@ def lab_status(as_json: bool = typer.Option(False, "--json", help="Machine-reada
 
 def _print_status(info: dict) -> None:
     if not info.get("up"):
-        typer.echo("lab: down")
+        extra = f" ({info['error']}): run `lifeboat lab up`" if info.get("error") else ""
+        typer.echo(f"lab: down{extra}")
         return
     s3 = info["spaces"]
     typer.echo(f"API      {info['api_url']} (token in {info['api_token_file']})")
@@ -286,7 +499,7 @@ PEERS = typer.Option(
 )
 
 
-@lab_app.command("partition")
+@_command(lab_app, "partition")
 def lab_partition(
     droplet: str,
     peers: list[str] = PEERS,
@@ -295,51 +508,58 @@ def lab_partition(
     traffic to and from those droplets."""
     from lab import faults
 
-    d = faults.partition(droplet, peers or None)
+    d = _find(lambda: faults.partition(droplet, peers or None), droplet)
     where = f" from {', '.join(peers)}" if peers else ""
     typer.echo(f"partitioned {d['name']} ({d['id']}){where}")
 
 
-@lab_app.command("heal")
+@_command(lab_app, "heal")
 def lab_heal(droplet: str) -> None:
     """End a partition."""
     from lab import faults
 
-    d = faults.heal(droplet)
+    d = _find(lambda: faults.heal(droplet), droplet)
     typer.echo(f"healed {d['name']} ({d['id']})")
 
 
-@lab_app.command("power-off")
+@_command(lab_app, "power-off")
 def lab_power_off(droplet: str) -> None:
     """Hard power-off of a droplet through the API."""
     from lab import faults
 
-    d = faults.power_off(droplet)
+    d = _find(lambda: faults.power_off(droplet), droplet)
     typer.echo(f"powering off {d['name']} ({d['id']})")
 
 
-@lab_app.command("power-on")
+@_command(lab_app, "power-on")
 def lab_power_on(droplet: str) -> None:
     """Power a droplet on again through the API."""
     from lab import faults
 
-    d = faults.power_on(droplet)
+    d = _find(lambda: faults.power_on(droplet), droplet)
     typer.echo(f"powering on {d['name']} ({d['id']})")
 
 
-@lab_app.command("s3-outage")
+@_command(lab_app, "s3-outage")
 def lab_s3_outage() -> None:
     """Make Spaces unreachable (its data is kept)."""
+    _need_lab(api=False)
     from lab import faults
 
     faults.s3_outage()
     typer.echo("Spaces is down")
 
 
-@lab_app.command("s3-restore")
+@_command(lab_app, "s3-restore")
 def lab_s3_restore() -> None:
     """Bring Spaces back."""
+    _need_lab(api=False)
     from lab import faults
 
-    faults.s3_restore()
+    try:
+        faults.s3_restore()
+    except RuntimeError as exc:  # moto itself is gone: there is nothing to bring back
+        raise BadInput(
+            f"Spaces cannot come back ({exc}): run `lifeboat lab up` (Spaces starts empty)"
+        ) from None
     typer.echo("Spaces is up")

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import httpx
 import pydo
 from fabric import Connection
 from pydantic import SecretStr
@@ -34,7 +35,8 @@ from blocks.secrets import (
     stack_secret,
 )
 from blocks.stack import StackSpec
-from tasks import droplets
+from tasks import digitalocean, droplets
+from tasks.droplets import unreachable
 from tasks.hosts import SSH, Host
 from tasks.spaces import s3_client
 
@@ -102,10 +104,17 @@ class Secrets:
 
 def _missing_block(kind: str, name: str) -> ClusterError:
     return ClusterError(
-        f"no {kind} block named {name!r}: save it first (for the local cloud: "
-        f"`lifeboat lab blocks --name {name}`), or pass --credentials with the name of "
-        "the blocks you saved; nothing was created"
+        f"no {kind} block named {name!r}: save the credentials blocks under {name!r} (the "
+        f"local cloud: `lifeboat lab up` saves 'lab', `lifeboat lab blocks --name {name}` any "
+        'name; DigitalOcean: README, "Credentials"), or pass --credentials with the name '
+        "of blocks you saved; nothing was created"
     )
+
+
+def _prefect_api() -> str:
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or "the temporary local Prefect server"
 
 
 def _load(block: type, name: str) -> Any:  # noqa: ANN401 - a Block subclass
@@ -119,12 +128,48 @@ def _load(block: type, name: str) -> Any:  # noqa: ANN401 - a Block subclass
         raise ClusterError(
             f"the {kind} block {name!r} cannot be read ({type(exc).__name__}): save it again"
         ) from None
+    except httpx.HTTPStatusError as exc:
+        raise ClusterError(
+            f"the Prefect API at {_prefect_api()} answered {exc.response.status_code} "
+            f"{exc.response.reason_phrase} reading block {name!r}: check PREFECT_API_URL and "
+            "PREFECT_API_KEY (or PREFECT_API_AUTH_STRING)"
+        ) from None
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        raise ClusterError(
+            "the temporary local Prefect server did not start in time: run one (`prefect "
+            "server start`) and set PREFECT_API_URL, or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        ) from None
+    except httpx.TransportError as exc:
+        raise ClusterError(
+            f"cannot reach the Prefect API at {_prefect_api()} ({unreachable(exc)}): start "
+            "it (`prefect server start`) or set PREFECT_API_URL to one that runs"
+        ) from None
 
 
 def check_blocks(credentials: str) -> None:
     """A ClusterError naming the first of the credentials blocks that is missing."""
     for block in (DigitalOceanCredentials, SpacesCredentials, SSHIdentity):
         _load(block, credentials)
+
+
+def check_credentials(credentials: str) -> None:
+    """Before a run: the three blocks exist and the DigitalOcean API answers and accepts the
+    token (a ClusterError or CloudError saying what to change). One quick try: a run that
+    starts retries as usual."""
+    creds = _load(DigitalOceanCredentials, credentials)
+    for block in (SpacesCredentials, SSHIdentity):
+        _load(block, credentials)
+    do = digitalocean.client(
+        creds.token.get_secret_value(),
+        creds.api_url,
+        retry_total=1,
+        connection_timeout=10,
+        read_timeout=30,
+    )
+    droplets.check_access(do, credentials, creds.api_url)
 
 
 class StackContext:
@@ -176,7 +221,7 @@ class StackContext:
         spaces = _load(SpacesCredentials, credentials)
         identity = _load(SSHIdentity, credentials)
         do = droplets.api(do_creds)
-        account = droplets.check_access(do, credentials)
+        account = droplets.check_access(do, credentials, do_creds.api_url)
         return cls(spec, credentials, do, account, spaces, identity)
 
     def __repr__(self) -> str:

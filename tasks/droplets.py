@@ -9,7 +9,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pydo
-from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -27,21 +32,58 @@ class CloudError(RuntimeError):
     """The cloud refused or failed a request; the message says what to change."""
 
 
+class Unreachable(CloudError):
+    """The API did not answer at all; `url` is where it was asked."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
 def api(creds: DigitalOceanCredentials) -> pydo.Client:
     return digitalocean.client(creds.token.get_secret_value(), creds.api_url)
 
 
-def check_access(do: pydo.Client, block_name: str) -> dict:
-    """The first call of every runbook: a bad token stops it before anything is created."""
+def check_access(do: pydo.Client, block_name: str, api_url: str) -> dict:
+    """The first call of every runbook: a bad token or an API that does not answer stops it
+    before anything is created, naming the URL and the block."""
+    block = f"the DigitalOcean credentials block {block_name!r}"
     try:
         return do.account.get()["account"]
     except ClientAuthenticationError:
         raise CloudError(
-            "DigitalOcean rejected the API token (401 Unauthorized): put a valid token in the "
-            f"DigitalOcean credentials block {block_name!r} and rerun; nothing was created"
+            f"the DigitalOcean API at {api_url} rejected the API token (401 Unauthorized): put a "
+            f"valid token in {block} and rerun; nothing was created"
         ) from None
     except HttpResponseError as exc:
-        raise CloudError(f"DigitalOcean API error: {_reason(exc)}") from None
+        raise CloudError(
+            f"the DigitalOcean API at {api_url} answered {_reason(exc)}: check the token and "
+            f"api_url in {block}; nothing was created"
+        ) from None
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise Unreachable(
+            f"cannot reach the DigitalOcean API at {api_url} ({unreachable(exc)}): check "
+            f"api_url in {block} and this machine's network; nothing was created",
+            api_url,
+        ) from None
+
+
+def unreachable(exc: Exception) -> str:
+    """Why a request got no answer, in a few words (never the request itself)."""
+    text = str(exc).lower()
+    for needle, reason in (
+        ("refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("timeout", "timed out"),
+        ("name or service not known", "unknown host name"),
+        ("temporary failure in name resolution", "unknown host name"),
+        ("certificate", "TLS certificate not trusted"),
+        ("unreachable", "network unreachable"),
+        ("reset", "connection reset"),
+    ):
+        if needle in text:
+            return reason
+    return type(exc).__name__
 
 
 def _reason(exc: HttpResponseError) -> str:

@@ -122,3 +122,17 @@ def test_a_password_travels_in_the_password_file_only(server: Server, tmp_path: 
     denied = replace(target, passfile=str(wrong))
     res = sql.psql(conn, "SELECT 1", denied, warn=True)
     assert not res.ok and "password authentication failed" in res.stderr
+
+
+def test_the_spec_refuses_exactly_postgresqls_reserved_words(server: Server):
+    """blocks/sqlnames.py's list is the server's own; each word fails as a role name."""
+    from blocks.sqlnames import RESERVED
+
+    conn = invoke.Context()
+    words = sql.query(
+        conn, "SELECT word FROM pg_get_keywords() WHERE catcode IN ('R', 'T')", server.target()
+    )
+    assert set(words.split()) == RESERVED
+    for word in ("user", "select", "left"):
+        with pytest.raises(invoke.UnexpectedExit):
+            sql.psql(conn, f"CREATE DATABASE {word}", server.target())
