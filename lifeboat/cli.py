@@ -290,13 +290,17 @@ def status_cmd(
     credentials: str = CREDENTIALS,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable."),
 ) -> None:
-    """Droplets and roles, etcd health, Patroni members, HAProxy backends."""
+    """Droplets and roles, etcd health, Patroni members, HAProxy backends. Exits 1 when the
+    stack is not healthy (the report is printed either way), so a script or a monitor can
+    act on it."""
     stack = _load_spec(spec)
     _blocks(credentials)
     from flows.status import stack_status
 
     status = _run(stack_status, stack, credentials)
     typer.echo(json.dumps(status, indent=2, default=str) if as_json else _status_text(status))
+    if not status["ok"]:
+        raise typer.Exit(1)
 
 
 def _status_text(status: dict) -> str:

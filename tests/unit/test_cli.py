@@ -5,6 +5,7 @@ replaced (tests/integration/test_cli_credentials.py has the blocks and the APIs)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -216,6 +217,43 @@ class FailingFlow:
 
 class HAProxyError(RuntimeError):
     pass
+
+
+class FinishedFlow:
+    """Stands in for a Prefect flow called with return_state=True, whose run completed."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __call__(self, *args: object, return_state: bool = False) -> SimpleNamespace:
+        assert return_state
+        return SimpleNamespace(result=lambda: self.value)
+
+
+def _report(ok: bool) -> dict:
+    return {
+        "stack": "compact",
+        "ok": ok,
+        "droplets": [],
+        "missing_droplets": [] if ok else ["compact-db-2"],
+        "etcd": {"ok": ok},
+        "patroni": {"ok": ok},
+        "haproxy": {},
+        "backups": {},
+    }
+
+
+@pytest.mark.parametrize(("ok", "code"), [(True, 0), (False, 1)], ids=["healthy", "not-healthy"])
+def test_status_exits_non_zero_when_the_stack_is_not_healthy(
+    monkeypatch: pytest.MonkeyPatch, ok: bool, code: int
+) -> None:
+    import flows.status
+
+    monkeypatch.setattr(cli, "_blocks", lambda credentials: None)
+    monkeypatch.setattr(flows.status, "stack_status", FinishedFlow(_report(ok)))
+    result = invoke("status", "--spec", str(EXAMPLES / "compact.yaml"), "--json")
+    assert result.exit_code == code, (result.output, result.exception)
+    assert json.loads(result.stdout)["ok"] is ok  # the report is printed either way
 
 
 @pytest.fixture
