@@ -58,6 +58,14 @@ def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: d
     # Each boots a full systemd, reached over real SSH on its public address.
     for name, conn in conns.items():
         state = run(conn, "systemctl is-system-running --wait", warn=True).stdout
+        if state.strip() != "running":  # say which unit failed and why (seen once, under load)
+            state += run(
+                conn,
+                "systemctl --failed --no-legend --plain; for u in $(systemctl --failed "
+                "--no-legend --plain | awk '{print $1}'); do journalctl -b -u $u -n 15 "
+                "--no-pager; done",
+                warn=True,
+            ).stdout
         assert state.strip() == "running", (name, state)
         assert run(conn, "hostname").stdout.strip() == name
 
