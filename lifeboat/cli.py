@@ -85,8 +85,8 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # typer's Exit is not click's: an exit code we chose, never an error
         except BadInput as exc:
             for line in exc.lines:
                 typer.echo(f"error: {line}", err=True)
