@@ -371,13 +371,14 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
     put(conn, fetch.path, fetch.content, fetch.mode, fetch.owner)
     v = spec.wordpress.versions
     q = shlex.quote
-    run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", timeout=120)
+    discard = f"rm -rf {q(rel)} {q(rel + '.pg4wp')}"  # a half-built or refused release
+    run(conn, discard, timeout=120)
     for pin, dest in ((v.wordpress, rel), (v.pg4wp, rel + ".pg4wp")):
         res = run(
             conn, f"{FETCH} {q(pin.url)} {q(pin.sha256 or '')} {q(dest)}", warn=True, timeout=900
         )
         if not res.ok:
-            run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
+            run(conn, discard, warn=True, timeout=120)
             raise WordPressError(f"fetching {pin.url} failed: {last_line(res)}")
     checks = {
         f"{rel}/wp-settings.php": f"{v.wordpress.url} is not a WordPress release (no "
@@ -386,12 +387,12 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
     }
     for path, problem in checks.items():
         if not run(conn, f"test -f {q(path)}", warn=True, timeout=30).ok:
-            run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
+            run(conn, discard, warn=True, timeout=120)
             raise WordPressError(f"{problem}; nothing switched")
     try:
         _check_theme(conn, spec, rel)
     except WordPressError:
-        run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
+        run(conn, discard, warn=True, timeout=120)
         raise
     driver = q(f"{rel}.pg4wp/pg4wp/driver_pgsql.php")
     call = "= pg_connect($pg_connstr)"
@@ -403,7 +404,7 @@ def ensure_release(conn: Connection, spec: StackSpec) -> bool:
         timeout=30,
     )
     if edited.stdout.strip() != str(PG4WP_CONNECTS):
-        run(conn, f"rm -rf {q(rel)} {q(rel + '.pg4wp')}", warn=True, timeout=120)
+        run(conn, discard, warn=True, timeout=120)
         raise WordPressError(
             f"{v.pg4wp.url}: expected {PG4WP_CONNECTS} pg_connect calls in pg4wp/driver_pgsql.php "
             f"to make persistent, found {edited.stdout.strip() or 'none'}: review Lifeboat's "

@@ -54,17 +54,22 @@ def probe(spec: StackSpec, credentials: str, lb: dict, host_name: str) -> dict[s
         return wp.probe(ctx, lb, ctx.host(host_name))
 
 
-def release_links(spec: StackSpec, credentials: str) -> dict[str, str]:
-    """Each web droplet's release link and its releases folder's contents."""
+def on_web_droplets(spec: StackSpec, credentials: str, command: str) -> dict[str, str]:
+    """`command`'s output on each web droplet, by name."""
     hosts, remote = rm.load(spec, credentials)
     out = {}
     try:
         for h in (h for h in hosts if "wordpress" in h.roles):
             with remote.connect(h) as conn:
-                out[h.name] = run(conn, f"readlink {wp.DOCROOT}; ls {wp.RELEASES}").stdout
+                out[h.name] = run(conn, command, warn=True).stdout
     finally:
         remote.close()
     return out
+
+
+def release_links(spec: StackSpec, credentials: str) -> dict[str, str]:
+    """Each web droplet's release link and its releases folder's contents."""
+    return on_web_droplets(spec, credentials, f"readlink {wp.DOCROOT}; ls {wp.RELEASES}")
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -89,14 +94,8 @@ def test_site_installed_once_with_its_theme_and_the_probe(
     # WordPress's scheduled tasks are off the request path: their timer is active on every
     # web droplet. (Waiting for a successful wp-cron.php run timed out once on compact-web-2
     # in a CI-like round: not yet understood, see the stop note.)
-    hosts, remote = rm.load(spec, lab_blocks)
-    try:
-        for h in (h for h in hosts if "wordpress" in h.roles):
-            with remote.connect(h) as conn:
-                timer = run(conn, f"systemctl is-active {wp.CRON_TIMER}", warn=True).stdout
-                assert timer.strip() == "active", (h.name, timer)
-    finally:
-        remote.close()
+    timers = on_web_droplets(spec, lab_blocks, f"systemctl is-active {wp.CRON_TIMER}")
+    assert {n: t.strip() for n, t in timers.items()} == dict.fromkeys(timers, "active"), timers
     # A rerun finds the site installed and changes nothing.
     again = wordpress(spec, lab_blocks)
     assert again["steps"]["site"].startswith("unchanged: installed"), again["steps"]
@@ -299,7 +298,6 @@ def upload(spec: StackSpec, credentials: str, host_name: str) -> tuple[str, str]
 
 def served_on(spec: StackSpec, credentials: str, path: str) -> dict[str, tuple[str, str]]:
     """Each web droplet's own answer for `path`: (HTTP status, SHA-256 of the body)."""
-    hosts, remote = rm.load(spec, credentials)
     header = shlex.quote(f"Host: {spec.wordpress.site_domain(spec.name)}")
     check = (
         f"code=$(curl -s -o /tmp/lifeboat-media-check -w '%{{http_code}}' -H {header} "
@@ -307,13 +305,9 @@ def served_on(spec: StackSpec, credentials: str, path: str) -> dict[str, tuple[s
         "echo $code $(sha256sum < /tmp/lifeboat-media-check | cut -d' ' -f1)"
     )
     out = {}
-    try:
-        for h in (h for h in hosts if "wordpress" in h.roles):
-            with remote.connect(h) as conn:
-                code, _, sha = run(conn, check).stdout.strip().partition(" ")
-                out[h.name] = (code, sha)
-    finally:
-        remote.close()
+    for name, answer in on_web_droplets(spec, credentials, check).items():
+        code, _, sha = answer.strip().partition(" ")
+        out[name] = (code, sha)
     return out
 
 
