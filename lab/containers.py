@@ -17,6 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from lab import cgroups
 from lab.config import DROPLETS_DIR, RUN_DIR
 from lab.network import netns_name, netns_pids, run
 from lab.processes import alive
@@ -108,19 +109,22 @@ def boot(droplet_id: int, name: str) -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     log = open(RUN_DIR / f"nspawn-{droplet_id}.log", "ab")  # noqa: SIM115 - handed to child
     proc = subprocess.Popen(
-        [
-            "systemd-nspawn",
-            "--quiet",
-            "-D",
-            str(root_of(droplet_id)),
-            "--register=no",
-            "--keep-unit",
-            "-b",
-            "-M",
-            name,
-            f"--network-namespace-path=/run/netns/{netns_name(droplet_id)}",
-            "--console=read-only",
-        ],
+        cgroups.wrap(
+            droplet_id,
+            [
+                "systemd-nspawn",
+                "--quiet",
+                "-D",
+                str(root_of(droplet_id)),
+                "--register=no",
+                "--keep-unit",
+                "-b",
+                "-M",
+                name,
+                f"--network-namespace-path=/run/netns/{netns_name(droplet_id)}",
+                "--console=read-only",
+            ],
+        ),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
@@ -156,6 +160,7 @@ def kill(droplet_id: int) -> None:
         _signal(pid, signal.SIGKILL)
     _wait_gone(droplet_id, 5)
     _pid_file(droplet_id).unlink(missing_ok=True)
+    cgroups.remove_droplet_groups(droplet_id)
 
 
 def shutdown(droplet_id: int, timeout: float = 30) -> None:

@@ -11,7 +11,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-from lab import ca, containers, image, loadbalancers, network, nft, processes, releases, spaces
+from lab import (
+    ca,
+    cgroups,
+    containers,
+    image,
+    loadbalancers,
+    network,
+    nft,
+    processes,
+    releases,
+    spaces,
+)
 from lab.config import API_PORT, GATEWAY, LAB_FILE, MOTO_PORT, RUN_DIR, STATE_DIR, STATE_FILE
 from lifeboat.waiting import WaitTimeout, wait_until
 
@@ -192,6 +203,7 @@ def down(quiet: bool = False) -> list[str]:
         _kill(pid)
     for mount in containers.stale_mounts():
         network.run("umount", "-l", str(mount), check=False)
+    cgroups.remove_all()
     network.delete_all()
     nft.delete_tables()
     subprocess.run(["rm", "-rf", str(STATE_DIR)], check=False)
@@ -215,6 +227,7 @@ def leftovers() -> list[str]:
         "nspawn processes": containers.nspawn_processes(),
         "lab server processes": _lab_server_pids(),
         "nftables tables": nft.lab_tables(),
+        "droplet cgroups": cgroups.leftover(),
     }
     return [f"{kind}: {', '.join(map(str, items))}" for kind, items in found.items() if items]
 
