@@ -504,6 +504,20 @@ class StackSpec(_Section):
         return f"{self.resource_name}-web"
 
     @property
+    def drill_tag(self) -> str:
+        """The tag of a restore drill's scratch droplet: not the stack's, so the stack's
+        inventory, firewall and load balancer never include it."""
+        return f"lifeboat-drill:{self.name}"
+
+    @property
+    def drill_droplet_name(self) -> str:
+        return f"{self.name}-drill"
+
+    @property
+    def drill_firewall_name(self) -> str:
+        return f"{self.resource_name}-drill"
+
+    @property
     def backup_limit_name(self) -> str:
         """The Prefect global concurrency limit that lets one backup of the stack run."""
         return f"lifeboat-backup-{self.name}"

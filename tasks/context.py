@@ -81,6 +81,15 @@ class Remote:
         for conn in conns:
             conn.close()
 
+    def forget(self, host: Host) -> None:
+        """Close the droplet's connection and drop its host key: for a droplet destroyed in
+        this run (a drill's scratch droplet), whose pin would only pile up in the block."""
+        with self._guard:
+            conn = self._conns.pop(host.name, None)
+        if conn is not None:
+            conn.close()
+        self._ssh.pins.pop(host.pin_key, None)
+
     @property
     def new_pins(self) -> dict[str, str]:
         return {k: v for k, v in self._ssh.pins.items() if self._initial.get(k) != v}

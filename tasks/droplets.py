@@ -398,7 +398,7 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
     """Everything the stack owns in the cloud: droplets (by tag), load balancer, firewalls,
     then the VPC once it is empty, then the stack's tag. Returns what was removed."""
     gone = []
-    names = {spec.resource_name, spec.web_firewall_name}
+    names = {spec.resource_name, spec.web_firewall_name, spec.drill_firewall_name}
     for lb in paged(do.load_balancers.list, "load_balancers"):
         if lb["name"] in names:
             call(f"deleting load balancer {lb['name']}", do.load_balancers.delete, lb_id=lb["id"])
@@ -407,10 +407,11 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
         if fw["name"] in names:
             call(f"deleting firewall {fw['name']}", do.firewalls.delete, firewall_id=fw["id"])
             gone.append(f"firewall {fw['name']}")
-    doomed = stack_droplets(do, spec)
-    if doomed:
-        call("destroying droplets", do.droplets.destroy_by_tag, tag_name=spec.stack_tag)
-        gone += [f"droplet {d['name']}" for d in doomed]
+    for tag in (spec.stack_tag, spec.drill_tag):  # the stack's, and a drill's scratch droplet
+        doomed = list(paged(do.droplets.list, "droplets", tag_name=tag))
+        if doomed:
+            call("destroying droplets", do.droplets.destroy_by_tag, tag_name=tag)
+            gone += [f"droplet {d['name']}" for d in doomed]
     for vpc in paged(do.vpcs.list, "vpcs"):
         if vpc["name"] != spec.resource_name:
             continue
@@ -425,8 +426,9 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
             raise CloudError(f"VPC {vpc['name']} still has members after {timeout:.0f}s") from e
         call(f"deleting VPC {vpc['name']}", do.vpcs.delete, vpc_id=vpc["id"])
         gone.append(f"vpc {vpc['name']}")
-    if any(t["name"] == spec.stack_tag for t in paged(do.tags.list, "tags")):
-        call(f"deleting tag {spec.stack_tag}", do.tags.delete, tag_id=spec.stack_tag)
+    tags = {t["name"] for t in paged(do.tags.list, "tags")}
+    for tag in sorted(tags & {spec.stack_tag, spec.drill_tag}):
+        call(f"deleting tag {tag}", do.tags.delete, tag_id=tag)
     return gone
 
 

@@ -265,7 +265,7 @@ def wait_writable(conn: Connection, s: Scratch, timeout: float = 900) -> float:
     PROBE_SQL commits; returns the seconds it took. Fails early, with the log's tail, when
     the server stops (a missing WAL file before consistency, a bad setting)."""
     pid = shlex.quote(f"{s.data}/postmaster.pid")
-    psql = sql.command(_scratch_target(s), PROBE_SQL)
+    psql = sql.command(scratch_target(s), PROBE_SQL)
     script = f"""
 start=$(date +%s.%N); deadline=$(( $(date +%s) + {int(timeout)} )); seen=0
 while :; do
@@ -296,7 +296,7 @@ def archived_wal(conn: Connection, s: Scratch) -> list[str]:
     return run_program(conn, args, "listing the WAL archive", 600, RestoreError)["names"]
 
 
-def _scratch_target(s: Scratch) -> sql.Target:
+def scratch_target(s: Scratch) -> sql.Target:
     return sql.Target(
         host=s.socket_dir,
         port=s.port,
@@ -309,7 +309,7 @@ def _scratch_target(s: Scratch) -> sql.Target:
 def replayed(conn: Connection, s: Scratch) -> tuple[int, int, str]:
     """(last LSN replayed, WAL segment size, the promoted timeline's history file) of the
     scratch server, once it is writable."""
-    target = _scratch_target(s)
+    target = scratch_target(s)
     row = sql.query(
         conn,
         "SELECT pg_last_wal_replay_lsn(),"

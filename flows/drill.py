@@ -1,0 +1,248 @@
+"""restore-drill: weekly proof that the backups bring the site back.
+
+A marker (and, with WordPress, the content probe post) is committed on the primary and
+its WAL segment archived; a scratch droplet beside the stack restores a backup from
+Spaces (the newest, or the one asked for), replays the archive to its end and promotes;
+then the restore is checked: the marker is there (RPO), replay reached the archive's end,
+pg_amcheck and data checksums are clean, the site's tables hold the rows they held with
+the marker. RTO and every step are measured and reported as Prefect artifacts under one
+key per stack (the UI keeps their history). The scratch droplet is destroyed whatever
+happens, and a drill first removes what a killed one left."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from blocks.secrets import WORDPRESS_ADMIN
+from blocks.stack import StackSpec
+from tasks import backup as bk
+from tasks import drill, restore, scratch, site, sql, wal
+from tasks.backup import Entry
+from tasks.context import StackContext, opened
+from tasks.hosts import Host
+from tasks.packages import install_packages
+
+SCRATCH = restore.Scratch("drill", 5499)
+
+
+class DrillFailed(RuntimeError):
+    pass
+
+
+def choose_backup(entries: list[Entry], backup_id: str | None) -> Entry:
+    """The newest cataloged backup, or the one named; a clear error listing what exists."""
+    if not entries:
+        raise DrillFailed("the catalog holds no backup to restore: run `lifeboat backup` first")
+    if backup_id is None:
+        return entries[-1]
+    for entry in entries:
+        if entry.backup.id == backup_id:
+            return entry
+    ids = ", ".join(e.backup.id for e in entries)
+    raise DrillFailed(f"no backup {backup_id!r} in the catalog; it holds: {ids}")
+
+
+@task(name="marker", cache_policy=NO_CACHE, retries=0)
+def mark(ctx: StackContext) -> tuple[drill.Marker, dict | None, str]:
+    """The probe post through WordPress (when the stack has a site), then the marker and
+    the table counts on the primary, then its WAL segment closed and archived."""
+    spec = ctx.spec
+    probe = None
+    web = ctx.with_role("wordpress")
+    if web:
+        with ctx.remote.connect(web[0]) as conn:
+            probe = site.write_probe(conn, spec, ctx.wordpress_secrets[WORDPRESS_ADMIN])
+    with ctx.remote.connect(bk.leader_host(ctx.remote, ctx.hosts)) as conn:
+        database, prefix = "postgres", spec.wordpress.table_prefix
+        if web:
+            database = spec.wordpress.db_name
+        tables = drill.counted_tables(conn, database, prefix, sql.LOCAL) if web else []
+        marker = drill.write_marker(conn, database, tables)
+        segment = wal.verify_archiving(conn, timeout=300)
+    return marker, probe, segment
+
+
+@task(name="scratch_droplet", cache_policy=NO_CACHE, retries=0)
+def create_scratch(ctx: StackContext) -> Host:
+    return scratch.create(ctx.do, ctx.spec, ctx.public_key)
+
+
+@task(name="scratch_prepare", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def prepare_scratch(ctx: StackContext, host: Host) -> None:
+    """PostgreSQL and the WAL agent (it fetches WAL for the restore), as on a database
+    droplet; nothing of Patroni, etcd or HAProxy."""
+    with ctx.remote.connect(host) as conn:
+        install_packages(conn)
+        wal.configure(conn, ctx.spec, ctx.spaces_settings().reveal())
+
+
+@task(name="restore", cache_policy=NO_CACHE, retries=0)
+def restore_backup(ctx: StackContext, host: Host, entry: Entry) -> restore.RestoreTimings:
+    (obj,) = entry.manifest["objects"]
+    with ctx.remote.connect(host) as conn:
+        restore.cleanup(conn, SCRATCH)
+        return restore.restore(conn, SCRATCH, obj["key"], obj["sha256"], timeout=1800)
+
+
+@task(name="verify", cache_policy=NO_CACHE, retries=0)
+def verify(
+    ctx: StackContext, host: Host, marker: drill.Marker, probe: dict | None
+) -> tuple[drill.Found, dict[str, str]]:
+    """Every check, each reported; DrillFailed naming every one that failed."""
+    checks: dict[str, str] = {}
+    problems: list[str] = []
+    with ctx.remote.connect(host) as conn:
+        found = drill.find_marker(
+            conn,
+            SCRATCH,
+            marker,
+            probe["title"] if probe else None,
+            ctx.spec.wordpress.table_prefix,
+        )
+        checks["marker"] = "found" if found.marker_found else "MISSING"
+        if not found.marker_found:
+            problems.append(f"marker {marker.token} committed before the drill is not restored")
+        if probe:
+            checks["probe post"] = "found" if found.probe_found else "MISSING"
+            if not found.probe_found:
+                problems.append(f"probe post {probe['title']!r} is not restored")
+        differences = drill.count_differences(marker, found)
+        checks["site tables"] = (
+            f"{len(marker.counts)} tables, rows as with the marker"
+            if not differences
+            else "; ".join(differences)
+        )
+        problems += differences
+        for name, check in (("pg_amcheck", drill.amcheck), ("checksums", drill.checksums)):
+            try:
+                checks[name] = check(conn, SCRATCH)
+            except drill.DrillError as e:
+                checks[name] = "FAILED"
+                problems.append(str(e))
+    if problems:
+        raise DrillFailed("; ".join(problems))
+    return found, checks
+
+
+@task(name="scratch_remove", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def remove_scratch(ctx: StackContext) -> list[str]:
+    return scratch.remove(ctx.do, ctx.spec)
+
+
+@flow(name="restore-drill", log_prints=False)
+def restore_drill(
+    spec: StackSpec,
+    credentials: str = "lab",
+    backup_id: str | None = None,
+    stack: StackContext | None = None,
+) -> dict:
+    """Restore a backup into a scratch droplet and prove it: marker, replay to the end of
+    the archive, amcheck, checksums, the site's rows. Fails naming what did not hold; the
+    report (figures, checks, or the failure) is published either way."""
+    log = get_run_logger()
+    t0 = time.monotonic()
+    steps: dict[str, float] = {}
+    report: dict = {"stack": spec.name, "ok": False}
+    with opened(spec, credentials, stack) as ctx:
+        if not ctx.with_role("postgres"):
+            raise DrillFailed(f"stack {spec.name} has no database droplet: run `lifeboat up`")
+        entries, problems = bk.read_catalog(ctx.s3, spec.bucket, spec.name)
+        entry = choose_backup(entries, backup_id)  # a bad id stops here: nothing created
+        for p in problems:
+            log.warning("catalog: %s", p)
+        report["backup"] = entry.backup.id
+        left = remove_scratch(ctx)
+        if left:
+            log.warning("removed what an earlier drill left: %s", ", ".join(left))
+        host = None
+        try:
+            lap = time.monotonic()
+            marker, probe, segment = mark(ctx)
+            report["marker"] = {"token": marker.token, "segment_archived": segment}
+            steps["marker"] = time.monotonic() - lap
+            lap = time.monotonic()
+            host = create_scratch(ctx)
+            steps["droplet"] = time.monotonic() - lap
+            lap = time.monotonic()
+            prepare_scratch(ctx, host)
+            steps["prepare"] = time.monotonic() - lap
+            timings = restore_backup(ctx, host, entry)
+            steps["fetch and verify"] = timings.fetch
+            steps["replay to writable"] = timings.recovery
+            report["rto_s"] = round(time.monotonic() - t0, 1)
+            lap = time.monotonic()
+            found, checks = verify(ctx, host, marker, probe)
+            steps["checks"] = time.monotonic() - lap
+            report.update(
+                ok=True,
+                rpo_s=found.rpo_seconds(marker),
+                replay=f"timeline {timings.replay.timeline} to {timings.replay.lsn_text} "
+                f"(segment {timings.replay.segment}; archive's end {timings.replay.expected})"
+                if timings.replay
+                else None,
+                checks=checks,
+                bytes=timings.bytes,
+                throughput_mb_s=round(timings.bytes / max(timings.fetch, 1e-3) / 1e6, 1),
+            )
+        except Exception as e:
+            report["error"] = str(e)
+            raise
+        finally:
+            lap = time.monotonic()
+            try:
+                remove_scratch(ctx)
+            finally:
+                if host is not None:
+                    ctx.remote.forget(host)
+                steps["destroy"] = time.monotonic() - lap
+                report["steps_s"] = {k: round(v, 1) for k, v in steps.items()}
+                report["total_s"] = round(time.monotonic() - t0, 1)
+                _publish(spec, report)
+    log.info(
+        "restore drill of %s: backup %s restored, RTO %.1f s, RPO %s s",
+        spec.name,
+        report["backup"],
+        report["rto_s"],
+        report["rpo_s"],
+    )
+    return report
+
+
+def _publish(spec: StackSpec, report: dict) -> None:
+    verdict = "passed" if report["ok"] else "FAILED"
+    rows = [
+        {"field": k, "value": str(v)}
+        for k, v in report.items()
+        if k not in ("steps_s", "checks", "marker")
+    ]
+    rows += [{"field": f"step: {k}", "value": f"{v} s"} for k, v in report["steps_s"].items()]
+    rows += [{"field": f"check: {k}", "value": v} for k, v in report.get("checks", {}).items()]
+    create_table_artifact(
+        table=rows,
+        key=f"restore-drill-{spec.name}",
+        description=f"restore drill of stack {spec.name}: {verdict}",
+    )
+    lines = [f"# restore drill of {spec.name}: {verdict}", ""]
+    if not report["ok"]:
+        lines += [f"**{report.get('error', 'failed')}**", ""]
+    lines += [f"- backup: {report.get('backup')}"]
+    if report["ok"]:
+        lines += [
+            f"- RTO (drill start to writable): {report['rto_s']} s",
+            f"- RPO (marker): {report['rpo_s']} s",
+            f"- replay: {report['replay']}",
+            f"- fetched {report['bytes'] / 1e6:.1f} MB at {report['throughput_mb_s']} MB/s",
+        ]
+        lines += [f"- {k}: {v}" for k, v in report["checks"].items()]
+    lines += ["", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["steps_s"].items()]
+    lines += ["", f"total: {report['total_s']} s (scratch droplet destroyed)"]
+    create_markdown_artifact(
+        markdown="\n".join(lines),
+        key=f"restore-drill-{spec.name}-report",
+        description=f"restore drill of stack {spec.name}: {verdict}",
+    )

@@ -1,0 +1,66 @@
+"""The restore drill's rules: which backup it restores, how RPO is read from the markers,
+what counts as the site's rows differing, and where the scratch droplet lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blocks.stack import StackSpec
+from flows.drill import DrillFailed, choose_backup
+from tasks.backup import Entry
+from tasks.catalog import Backup
+from tasks.drill import Found, Marker, count_differences
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _entry(backup_id: str, stopped_at: float) -> Entry:
+    b = Backup(backup_id, "7", stopped_at, 0, 1, 16 << 20, ())
+    return Entry(b, {"id": backup_id})
+
+
+ENTRIES = [_entry("20261101T030000Z", 1.0), _entry("20261102T030000Z", 2.0)]
+
+
+def test_the_newest_backup_unless_one_is_named():
+    assert choose_backup(ENTRIES, None).backup.id == "20261102T030000Z"
+    assert choose_backup(ENTRIES, "20261101T030000Z").backup.id == "20261101T030000Z"
+
+
+def test_an_unknown_backup_id_lists_what_exists():
+    with pytest.raises(DrillFailed, match="20261101T030000Z, 20261102T030000Z"):
+        choose_backup(ENTRIES, "20250101T000000Z")
+    with pytest.raises(DrillFailed, match="run `lifeboat backup` first"):
+        choose_backup([], None)
+
+
+MARKER = Marker("abc", 1000.0, "wordpress", {"wp_posts": 5, "wp_users": 1})
+
+
+def _found(marker: bool, newest: float | None, counts: dict[str, int]) -> Found:
+    return Found(marker, newest, counts, None)
+
+
+def test_rpo_is_zero_when_the_marker_came_back():
+    assert _found(True, 1000.0, {}).rpo_seconds(MARKER) == 0.0
+
+
+def test_rpo_is_how_far_before_the_marker_the_newest_restored_one_was():
+    assert _found(False, 940.5, {}).rpo_seconds(MARKER) == 59.5
+    assert _found(False, None, {}).rpo_seconds(MARKER) is None
+
+
+def test_count_differences_name_the_table_and_both_counts():
+    same = _found(True, 1000.0, {"wp_posts": 5, "wp_users": 1})
+    assert count_differences(MARKER, same) == []
+    fewer = _found(True, 1000.0, {"wp_posts": 4, "wp_users": 1})
+    assert count_differences(MARKER, fewer) == ["wp_posts: 5 rows with the marker, 4 restored"]
+
+
+def test_the_scratch_droplet_is_outside_the_stack():
+    spec = StackSpec.from_yaml(EXAMPLES / "compact.yaml")
+    assert spec.drill_tag != spec.stack_tag
+    assert spec.drill_droplet_name not in {n.name for n in spec.nodes()}
+    assert spec.drill_firewall_name not in {spec.resource_name, spec.web_firewall_name}
