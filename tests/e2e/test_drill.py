@@ -77,3 +77,27 @@ def test_a_drill_removes_what_a_killed_one_left(stacks, lab_blocks):
     assert len(scratch.droplets(do, spec)) == 1
     assert restore_drill(spec, lab_blocks)["ok"]
     assert scratch.droplets(do, spec) == []
+
+
+def test_an_s3_outage_during_replay_fails_the_drill(stacks, lab_blocks, monkeypatch):
+    """Spaces stops answering once the base backup is in place, just as replay starts: the
+    WAL agent cannot deliver the next segment, PostgreSQL aborts recovery (wal-restore
+    --strict) and the drill fails, instead of promoting a partial restore."""
+    from lab import faults
+    from tasks import restore
+
+    spec, _ = stack(stacks, "compact")
+    start = restore.start
+
+    def start_in_an_outage(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        faults.s3_outage()
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(restore, "start", start_in_an_outage)
+    try:
+        with pytest.raises(Exception, match="scratch server drill .* stopped") as failed:
+            restore_drill(spec, lab_blocks)
+    finally:
+        faults.s3_restore()
+    assert "wal-restore" in str(failed.value) or "restore_command" in str(failed.value)
+    assert scratch.droplets(_do(lab_blocks), spec) == []
