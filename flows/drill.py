@@ -12,6 +12,7 @@ happens, and a drill first removes what a killed one left."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -20,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.secrets import WORDPRESS_ADMIN
 from blocks.stack import StackSpec
 from tasks import backup as bk
-from tasks import drill, restore, scratch, site, sql, wal
+from tasks import catalog, drill, restore, scratch, site, sql, wal
 from tasks.backup import Entry
 from tasks.context import StackContext, opened
 from tasks.hosts import Host
@@ -33,8 +34,25 @@ class DrillFailed(RuntimeError):
     pass
 
 
-def choose_backup(entries: list[Entry], backup_id: str | None) -> Entry:
-    """The newest cataloged backup, or the one named; a clear error listing what exists."""
+def choose_backup(
+    entries: list[Entry],
+    backup_id: str | None,
+    target: float | None = None,
+    wal_stored_at: dict[str, float] | None = None,
+    now: float | None = None,
+) -> Entry:
+    """The newest cataloged backup, the one named, or the one a restore to `target` (epoch
+    seconds) starts from; a clear error saying what exists or which times are possible."""
+    if backup_id is not None and target is not None:
+        raise DrillFailed("give a backup id or a target time, not both")
+    if target is not None:
+        try:
+            chosen = catalog.backup_for_time(
+                [e.backup for e in entries], target, wal_stored_at or {}, now or time.time()
+            )
+        except catalog.TargetTimeRefused as e:
+            raise DrillFailed(f"{e}; nothing was created") from None
+        return next(e for e in entries if e.backup.id == chosen.id)
     if not entries:
         raise DrillFailed("the catalog holds no backup to restore: run `lifeboat backup` first")
     if backup_id is None:
@@ -81,42 +99,54 @@ def prepare_scratch(ctx: StackContext, host: Host) -> None:
 
 
 @task(name="restore", cache_policy=NO_CACHE, retries=0)
-def restore_backup(ctx: StackContext, host: Host, entry: Entry) -> restore.RestoreTimings:
+def restore_backup(
+    ctx: StackContext, host: Host, entry: Entry, target: float | None
+) -> restore.RestoreTimings:
     (obj,) = entry.manifest["objects"]
     with ctx.remote.connect(host) as conn:
         restore.cleanup(conn, SCRATCH)
-        return restore.restore(conn, SCRATCH, obj["key"], obj["sha256"], timeout=1800)
+        return restore.restore(
+            conn, SCRATCH, obj["key"], obj["sha256"], timeout=1800, target_time=target
+        )
 
 
 @task(name="verify", cache_policy=NO_CACHE, retries=0)
 def verify(
-    ctx: StackContext, host: Host, marker: drill.Marker, probe: dict | None
+    ctx: StackContext,
+    host: Host,
+    marker: drill.Marker,
+    probe: dict | None,
+    point_in_time: bool = False,
 ) -> tuple[drill.Found, dict[str, str]]:
-    """Every check, each reported; DrillFailed naming every one that failed."""
+    """Every check, each reported; DrillFailed naming every one that failed. To the end of
+    the archive: the drill's marker, probe post and the site's rows are there. To a point
+    in time (before the drill began): the drill's marker is not."""
     checks: dict[str, str] = {}
     problems: list[str] = []
+    prefix = ctx.spec.wordpress.table_prefix
     with ctx.remote.connect(host) as conn:
-        found = drill.find_marker(
-            conn,
-            SCRATCH,
-            marker,
-            probe["title"] if probe else None,
-            ctx.spec.wordpress.table_prefix,
-        )
-        checks["marker"] = "found" if found.marker_found else "MISSING"
-        if not found.marker_found:
-            problems.append(f"marker {marker.token} committed before the drill is not restored")
-        if probe:
-            checks["probe post"] = "found" if found.probe_found else "MISSING"
-            if not found.probe_found:
-                problems.append(f"probe post {probe['title']!r} is not restored")
-        differences = drill.count_differences(marker, found)
-        checks["site tables"] = (
-            f"{len(marker.counts)} tables, rows as with the marker"
-            if not differences
-            else "; ".join(differences)
-        )
-        problems += differences
+        if point_in_time:
+            found = drill.find_marker(conn, SCRATCH, marker, None, prefix, counted=False)
+            checks["marker"] = "absent, as it should be" if not found.marker_found else "FOUND"
+            if found.marker_found:
+                problems.append(f"marker {marker.token}, written after the target, is restored")
+        else:
+            title = probe["title"] if probe else None
+            found = drill.find_marker(conn, SCRATCH, marker, title, prefix)
+            checks["marker"] = "found" if found.marker_found else "MISSING"
+            if not found.marker_found:
+                problems.append(f"marker {marker.token} committed before the drill is missing")
+            if probe:
+                checks["probe post"] = "found" if found.probe_found else "MISSING"
+                if not found.probe_found:
+                    problems.append(f"probe post {probe['title']!r} is not restored")
+            differences = drill.count_differences(marker, found)
+            checks["site tables"] = (
+                f"{len(marker.counts)} tables, rows as with the marker"
+                if not differences
+                else "; ".join(differences)
+            )
+            problems += differences
         for name, check in (("pg_amcheck", drill.amcheck), ("checksums", drill.checksums)):
             try:
                 checks[name] = check(conn, SCRATCH)
@@ -138,20 +168,33 @@ def restore_drill(
     spec: StackSpec,
     credentials: str = "lab",
     backup_id: str | None = None,
+    target_time: datetime | None = None,
     stack: StackContext | None = None,
 ) -> dict:
     """Restore a backup into a scratch droplet and prove it: marker, replay to the end of
-    the archive, amcheck, checksums, the site's rows. Fails naming what did not hold; the
-    report (figures, checks, or the failure) is published either way."""
+    the archive (or to `target_time`, then promote), amcheck, checksums, the site's rows.
+    Fails naming what did not hold; the report (figures, checks, or the failure) is
+    published either way."""
     log = get_run_logger()
     t0 = time.monotonic()
     steps: dict[str, float] = {}
     report: dict = {"stack": spec.name, "ok": False}
+    target = None
+    if target_time is not None:
+        if target_time.tzinfo is None:
+            raise DrillFailed(
+                f"target time {target_time.isoformat()} has no time zone: add one, e.g. "
+                f"{target_time.isoformat()}Z for UTC"
+            )
+        target = target_time.timestamp()
+        report["target_time"] = catalog.utc(target)
     with opened(spec, credentials, stack) as ctx:
         if not ctx.with_role("postgres"):
             raise DrillFailed(f"stack {spec.name} has no database droplet: run `lifeboat up`")
         entries, problems = bk.read_catalog(ctx.s3, spec.bucket, spec.name)
-        entry = choose_backup(entries, backup_id)  # a bad id stops here: nothing created
+        stored = bk.wal_stored_at(ctx.s3, spec.bucket, spec.name) if target else None
+        # A bad backup id or target time stops here: nothing is created.
+        entry = choose_backup(entries, backup_id, target, stored)
         for p in problems:
             log.warning("catalog: %s", p)
         report["backup"] = entry.backup.id
@@ -170,20 +213,18 @@ def restore_drill(
             lap = time.monotonic()
             prepare_scratch(ctx, host)
             steps["prepare"] = time.monotonic() - lap
-            timings = restore_backup(ctx, host, entry)
+            timings = restore_backup(ctx, host, entry, target)
             steps["fetch and verify"] = timings.fetch
             steps["replay to writable"] = timings.recovery
             report["rto_s"] = round(time.monotonic() - t0, 1)
             lap = time.monotonic()
-            found, checks = verify(ctx, host, marker, probe)
+            found, checks = verify(ctx, host, marker, probe, target is not None)
             steps["checks"] = time.monotonic() - lap
             report.update(
                 ok=True,
-                rpo_s=found.rpo_seconds(marker),
-                replay=f"timeline {timings.replay.timeline} to {timings.replay.lsn_text} "
-                f"(segment {timings.replay.segment}; archive's end {timings.replay.expected})"
-                if timings.replay
-                else None,
+                rpo_s=None if target else found.rpo_seconds(marker),
+                replay=_replay_text(timings, target),
+                markers_restored=list(found.tokens),
                 checks=checks,
                 bytes=timings.bytes,
                 throughput_mb_s=round(timings.bytes / max(timings.fetch, 1e-3) / 1e6, 1),
@@ -212,12 +253,23 @@ def restore_drill(
     return report
 
 
+def _replay_text(timings: restore.RestoreTimings, target: float | None) -> str:
+    if target is not None:
+        last = "none" if timings.last_commit is None else catalog.utc(timings.last_commit)
+        return f"to target {catalog.utc(target)}, promoted; last commit replayed {last}"
+    r = timings.replay
+    assert r is not None  # a restore to the archive's end always checks its replay
+    return (
+        f"timeline {r.timeline} to {r.lsn_text} (segment {r.segment}; archive's end {r.expected})"
+    )
+
+
 def _publish(spec: StackSpec, report: dict) -> None:
     verdict = "passed" if report["ok"] else "FAILED"
     rows = [
         {"field": k, "value": str(v)}
         for k, v in report.items()
-        if k not in ("steps_s", "checks", "marker")
+        if k not in ("steps_s", "checks", "marker", "markers_restored")
     ]
     rows += [{"field": f"step: {k}", "value": f"{v} s"} for k, v in report["steps_s"].items()]
     rows += [{"field": f"check: {k}", "value": v} for k, v in report.get("checks", {}).items()]
@@ -233,7 +285,9 @@ def _publish(spec: StackSpec, report: dict) -> None:
     if report["ok"]:
         lines += [
             f"- RTO (drill start to writable): {report['rto_s']} s",
-            f"- RPO (marker): {report['rpo_s']} s",
+            f"- RPO (marker): {report['rpo_s']} s"
+            if report.get("target_time") is None
+            else f"- point in time: {report['target_time']}",
             f"- replay: {report['replay']}",
             f"- fetched {report['bytes'] / 1e6:.1f} MB at {report['throughput_mb_s']} MB/s",
         ]

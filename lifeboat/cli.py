@@ -9,6 +9,7 @@ otherwise; Ctrl-C still interrupts.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import logging
@@ -312,28 +313,49 @@ def drill_restore_cmd(
     backup: str = typer.Option(
         None, "--backup", help="The backup's id (default: the newest in the catalog)."
     ),
+    target_time: str = typer.Option(
+        None,
+        "--target-time",
+        help="Restore to this moment (ISO 8601 with a time zone, e.g. 2026-11-30T14:02:00Z) "
+        "instead of the archive's end.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable."),
 ) -> None:
     """Restore a backup into a scratch droplet and prove it (marker, replay to the archive's
-    end, pg_amcheck, checksums, the site's rows); RTO and RPO reported; the scratch droplet
-    is destroyed whatever happens."""
+    end or a point in time, pg_amcheck, checksums, the site's rows); RTO and RPO reported;
+    the scratch droplet is destroyed whatever happens."""
+    when = _moment(target_time) if target_time is not None else None
     stack = _load_spec(spec)
     _blocks(credentials)
     from flows.drill import restore_drill
 
-    report = _run(restore_drill, stack, credentials, backup)
+    report = _run(restore_drill, stack, credentials, backup, when)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
         return
+    rpo = f"RPO {report['rpo_s']} s" if when is None else f"to {report['target_time']}"
     typer.echo(
         f"restore drill of {report['stack']}: passed; backup {report['backup']}, "
-        f"RTO {report['rto_s']} s, RPO {report['rpo_s']} s"
+        f"RTO {report['rto_s']} s, {rpo}"
     )
     typer.echo(f"  replay: {report['replay']}")
     for name, outcome in report["checks"].items():
         typer.echo(f"  {name}: {outcome}")
     steps = ", ".join(f"{k} {v} s" for k, v in report["steps_s"].items())
     typer.echo(f"  steps: {steps}; total {report['total_s']} s")
+
+
+def _moment(text: str) -> datetime.datetime:
+    """An ISO 8601 moment with its time zone (a bare local time would be ambiguous)."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(
+            f"--target-time {text!r} is not an ISO 8601 time: e.g. 2026-11-30T14:02:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise BadInput(f"--target-time {text!r} has no time zone: add one, e.g. {text}Z for UTC")
+    return moment
 
 
 def _status_text(status: dict) -> str:

@@ -93,6 +93,23 @@ def system_identifier(conn: Connection) -> str:
     return sql.query(conn, "SELECT system_identifier FROM pg_control_system()")
 
 
+def wal_stored_at(s3: Any, bucket: str, stack: str) -> dict[str, float]:
+    """system id -> when its newest archived WAL segment was stored (epoch seconds): no
+    commit after that time is in the archive yet."""
+    out: dict[str, float] = {}
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=layout.stack_prefix(stack)
+    )
+    for page in pages:
+        for obj in page.get("Contents", []):
+            found = layout.parse_wal(stack, obj["Key"])
+            if found is None or catalog.SEGMENT.match(found[1]) is None:
+                continue
+            system_id, stored = found[0], obj["LastModified"].timestamp()
+            out[system_id] = max(out.get(system_id, 0.0), stored)
+    return out
+
+
 def list_keys(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
     """key -> size of every object under prefix."""
     out: dict[str, int] = {}

@@ -9,6 +9,7 @@ lists is stored with the size it records."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -184,3 +185,41 @@ def expired_wal(
         if doomed:
             out[system_id] = sorted(doomed)
     return out
+
+
+def utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+class TargetTimeRefused(ValueError):
+    """A point-in-time target no backup and archive can reach; says which times can."""
+
+
+def backup_for_time(
+    backups: list[Backup], target: float, newest_wal: dict[str, float], now: float
+) -> Backup:
+    """The backup a restore to `target` (epoch seconds) starts from: the newest one that
+    finished before it. `newest_wal`: system id -> when its newest archived WAL segment
+    was stored (no commit after that can be replayed). Refused, saying the possible
+    range, when the target is in the future, before the oldest backup finished, or after
+    the newest archived WAL of the backup it would start from."""
+    if not backups:
+        raise TargetTimeRefused("the catalog holds no backup: run `lifeboat backup` first")
+    ordered = sorted(backups, key=lambda b: b.stopped_at)
+    newest_system = ordered[-1].system_id
+    latest = newest_wal.get(newest_system, ordered[-1].stopped_at)
+    possible = f"possible times are {utc(ordered[0].stopped_at)} to {utc(latest)}"
+    if target > now:
+        raise TargetTimeRefused(f"target time {utc(target)} is in the future; {possible}")
+    before = [b for b in ordered if b.stopped_at <= target]
+    if not before:
+        raise TargetTimeRefused(
+            f"target time {utc(target)} is before the oldest kept backup finished; {possible}"
+        )
+    chosen = before[-1]
+    reach = newest_wal.get(chosen.system_id, chosen.stopped_at)
+    if target > reach:
+        raise TargetTimeRefused(
+            f"target time {utc(target)} is after the newest archived WAL ({utc(reach)}); {possible}"
+        )
+    return chosen

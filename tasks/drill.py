@@ -55,7 +55,8 @@ def _in(target: sql.Target, database: str) -> sql.Target:
 
 
 def _counts_sql(tables: list[str]) -> str:
-    return ", ".join(f"(SELECT count(*) FROM {t})" for t in tables) or "NULL"
+    """The tables' counts as select-list items, each after a comma ('' for none)."""
+    return "".join(f", (SELECT count(*) FROM {t})" for t in tables)
 
 
 def write_marker(conn: Connection, database: str, tables: list[str]) -> Marker:
@@ -72,7 +73,7 @@ def write_marker(conn: Connection, database: str, tables: list[str]) -> Marker:
     row = sql.query(
         conn,
         f"WITH m AS (INSERT INTO {TABLE} (token) VALUES ({sql.literal(token)}) RETURNING at)"
-        f" SELECT extract(epoch FROM (SELECT at FROM m)), {_counts_sql(tables)}",
+        f" SELECT extract(epoch FROM (SELECT at FROM m)){_counts_sql(tables)}",
         target,
     )
     at, *counts = row.split("|")
@@ -86,7 +87,8 @@ class Found:
     marker_found: bool
     newest_marker_at: float | None  # the newest marker row restored (any drill's)
     counts: dict[str, int]
-    probe_found: bool | None  # None: no probe post was written
+    probe_found: bool | None  # None: no probe post was looked for
+    tokens: tuple[str, ...] = ()  # the newest restored markers' tokens, newest first
 
     def rpo_seconds(self, marker: Marker) -> float | None:
         """Data lost, as the restore shows it: 0 when this drill's marker came back, else how
@@ -98,11 +100,23 @@ class Found:
         return round(marker.committed_at - self.newest_marker_at, 3)
 
 
+NOTHING = Found(False, None, {}, None)
+
+
 def find_marker(
-    conn: Connection, s: Scratch, marker: Marker, probe_title: str | None, prefix: str
+    conn: Connection,
+    s: Scratch,
+    marker: Marker,
+    probe_title: str | None,
+    prefix: str,
+    counted: bool = True,
 ) -> Found:
+    """The markers, the probe post and (when `counted`) the marker's tables' counts on the
+    restored server. A restore to a time before the first drill has no marker table."""
     target = _in(scratch_target(s), marker.database)
-    tables = list(marker.counts)
+    if sql.query(conn, f"SELECT to_regclass('{TABLE}') IS NOT NULL", target) != "t":
+        return NOTHING
+    tables = list(marker.counts) if counted else []
     probe = (
         f"(SELECT count(*) FROM {prefix}posts WHERE post_title = {sql.literal(probe_title)})"
         if probe_title
@@ -111,15 +125,19 @@ def find_marker(
     row = sql.query(
         conn,
         f"SELECT (SELECT count(*) FROM {TABLE} WHERE token = {sql.literal(marker.token)}),"
-        f" (SELECT extract(epoch FROM max(at)) FROM {TABLE}), {probe}, {_counts_sql(tables)}",
+        f" (SELECT extract(epoch FROM max(at)) FROM {TABLE}),"
+        f" (SELECT string_agg(token, ',' ORDER BY at DESC)"
+        f" FROM (SELECT token, at FROM {TABLE} ORDER BY at DESC LIMIT 50) AS newest),"
+        f" {probe}{_counts_sql(tables)}",
         target,
     )
-    found, newest, probe_count, *counts = row.split("|")
+    found, newest, tokens, probe_count, *counts = row.split("|")
     return Found(
         marker_found=int(found) == 1,
         newest_marker_at=float(newest) if newest else None,
-        counts=dict(zip(tables, map(int, counts), strict=True)) if tables else {},
+        counts=dict(zip(tables, map(int, counts), strict=True)),
         probe_found=None if not probe_title else int(probe_count) >= 1,
+        tokens=tuple(tokens.split(",")) if tokens else (),
     )
 
 

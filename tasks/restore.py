@@ -30,6 +30,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fabric import Connection
 
@@ -102,6 +103,7 @@ class RestoreTimings:
     total: float
     bytes: int  # stored (compressed) bytes fetched
     replay: Replay | None = None  # how far replay got, checked against the archive
+    last_commit: float | None = None  # a point-in-time restore: the last commit replayed
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,9 @@ def check_replay(
     return replay
 
 
-def server_options(s: Scratch, restore_command: str | None) -> list[str]:
+def server_options(
+    s: Scratch, restore_command: str | None, target_time: str | None = None
+) -> list[str]:
     """postgres `-c` options that override whatever the backup's own configuration says
     (Patroni's postgresql.conf and postgresql.auto.conf come back with the backup: its
     port, listen address, archive_command, synchronous_standby_names and, from a replica,
@@ -208,6 +212,17 @@ def server_options(s: Scratch, restore_command: str | None) -> list[str]:
     }
     if restore_command is not None:
         opts["restore_command"] = restore_command
+    # A replica's configuration (Patroni's recovery section) sets every recovery target
+    # to ''; set after a target from here, any of them is "multiple recovery targets"
+    # (FATAL). Given here, they outrank the file's.
+    for other in ("", "_lsn", "_name", "_xid", "_time"):
+        opts[f"recovery_target{other}"] = ""
+    if target_time is not None:
+        # Promote at the target, never pause there. PostgreSQL >= 14 fails recovery
+        # (FATAL) when the archive ends before the target: never a silent early stop.
+        del opts["recovery_target_time"]  # after the others: a dict keeps insertion order
+        opts["recovery_target_time"] = target_time
+        opts["recovery_target_action"] = "promote"
     return [item for key, value in opts.items() for item in ("-c", f"{key}={value}")]
 
 
@@ -242,16 +257,22 @@ def fetch(conn: Connection, s: Scratch, key: str, sha256: str, timeout: int = 18
     return run_program(conn, args, "base backup restore", timeout, RestoreError)
 
 
-def start(conn: Connection, s: Scratch, restore_command: str | None = WAL_RESTORE) -> None:
-    """Start archive recovery to the end of the archive: recovery.signal, no target.
-    Returns at once; `wait_writable` tells when recovery is over."""
+def start(
+    conn: Connection,
+    s: Scratch,
+    restore_command: str | None = WAL_RESTORE,
+    target_time: str | None = None,
+) -> None:
+    """Start archive recovery (recovery.signal) to the end of the archive, or to
+    `target_time` ("2026-11-30 14:02:00+00"). Returns at once; `wait_writable` tells when
+    recovery is over."""
     data = shlex.quote(s.data)
     run(
         conn,
         f"{AS_POSTGRES} touch {data}/recovery.signal && rm -f {data}/standby.signal",
         timeout=30,
     )
-    opts = shlex.join(server_options(s, restore_command))
+    opts = shlex.join(server_options(s, restore_command, target_time))
     run(
         conn,
         f"{AS_POSTGRES} {PG_BIN}/pg_ctl start --no-wait -D {data} -l {shlex.quote(s.log)} "
@@ -306,6 +327,20 @@ def scratch_target(s: Scratch) -> sql.Target:
     )
 
 
+def pg_time(epoch: float) -> str:
+    """Epoch seconds as a timestamptz literal PostgreSQL reads exactly (UTC, microseconds)."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+def last_replayed_commit(conn: Connection, s: Scratch) -> float | None:
+    """Epoch seconds of the last transaction recovery replayed (None: it replayed none)."""
+    row = sql.query(
+        conn, "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())", scratch_target(s)
+    )
+    return float(row) if row else None
+
+
 def replayed(conn: Connection, s: Scratch) -> tuple[int, int, str]:
     """(last LSN replayed, WAL segment size, the promoted timeline's history file) of the
     scratch server, once it is writable."""
@@ -335,21 +370,39 @@ def restore(
     *,
     restore_command: str = WAL_RESTORE,
     target_lsn: str | None = None,
+    target_time: float | None = None,
 ) -> RestoreTimings:
     """The whole restore of a Lifeboat base backup (object `key`, SHA-256 from its
-    manifest) into scratch `s`, replaying the WAL agent's archive to its end, until a
-    write commits; then replay is checked against the archive listed before recovery
-    began, or against `target_lsn` ("16/B374D848") when given. RestoreError when the
-    server stops (a corrupt or unreachable WAL object: its log names it) or replay fell
-    short. The server is left running for checks: call `cleanup` after."""
+    manifest) into scratch `s`, replaying the WAL agent's archive to its end (or to
+    `target_time`, epoch seconds, then promoting), until a write commits; then replay is
+    checked against the archive listed before recovery began, or against `target_lsn`
+    ("16/B374D848") when given, or, for a target time, that no transaction after it was
+    replayed. RestoreError when the server stops (a corrupt or unreachable WAL object: its
+    log names it; an archive that ends before the target time) or replay fell short. The
+    server is left running for checks: call `cleanup` after."""
     t0 = time.monotonic()
     prepare(conn, s)
     fetched = fetch(conn, s, key, sha256, timeout=int(timeout))
-    archived = [] if target_lsn is not None else archived_wal(conn, s)
+    to_end = target_lsn is None and target_time is None
+    archived = archived_wal(conn, s) if to_end else []
     t1 = time.monotonic()
-    start(conn, s, restore_command)
+    start(conn, s, restore_command, None if target_time is None else pg_time(target_time))
     wait_writable(conn, s, timeout=timeout)
     t2 = time.monotonic()
+    if target_time is not None:
+        last = last_replayed_commit(conn, s)
+        if last is not None and last > target_time:
+            raise RestoreError(
+                f"restore into scratch {s.name} on {conn.host} replayed a commit at "
+                f"{pg_time(last)}, after the target {pg_time(target_time)}"
+            )
+        return RestoreTimings(
+            fetch=t1 - t0,
+            recovery=t2 - t1,
+            total=t2 - t0,
+            bytes=fetched["bytes"],
+            last_commit=last,
+        )
     lsn, segment_size, history = replayed(conn, s)
     target = catalog.lsn(target_lsn) if target_lsn is not None else None
     try:

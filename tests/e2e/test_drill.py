@@ -101,3 +101,46 @@ def test_an_s3_outage_during_replay_fails_the_drill(stacks, lab_blocks, monkeypa
         faults.s3_restore()
     assert "wal-restore" in str(failed.value) or "restore_command" in str(failed.value)
     assert scratch.droplets(_do(lab_blocks), spec) == []
+
+
+def _marker_on_leader(spec, credentials: str) -> str:  # noqa: ANN001
+    from tasks import context as rm
+    from tasks import drill, wal
+
+    hosts, remote = rm.load(spec, credentials)
+    with remote.connect(bk.leader_host(remote, hosts)) as conn:
+        marker = drill.write_marker(conn, spec.wordpress.db_name, [])
+        wal.verify_archiving(conn)
+    return marker.token
+
+
+def test_a_point_in_time_drill_holds_the_marker_before_and_not_the_one_after(stacks, lab_blocks):
+    import datetime as dt
+    import time
+
+    spec, _ = stack(stacks, "compact")
+    before = _marker_on_leader(spec, lab_blocks)
+    time.sleep(1.5)
+    target = dt.datetime.now(dt.UTC)
+    time.sleep(1.5)
+    after = _marker_on_leader(spec, lab_blocks)
+    report = restore_drill(spec, lab_blocks, None, target)
+    assert report["ok"] and report["checks"]["marker"] == "absent, as it should be"
+    assert before in report["markers_restored"]
+    assert after not in report["markers_restored"]
+    assert report["replay"].startswith(f"to target {target:%Y-%m-%dT%H:%M:%S}Z, promoted")
+    assert scratch.droplets(_do(lab_blocks), spec) == []
+
+
+def test_unreachable_target_times_are_refused_before_anything_is_created(stacks, lab_blocks):
+    import datetime as dt
+
+    spec, _ = stack(stacks, "compact")
+    now = dt.datetime.now(dt.UTC)
+    for when, why in (
+        (now + dt.timedelta(hours=1), "in the future"),
+        (now - dt.timedelta(days=3650), "before the oldest kept backup finished"),
+    ):
+        with pytest.raises(DrillFailed, match=f"{why}; possible times are .* nothing was created"):
+            restore_drill(spec, lab_blocks, None, when)
+    assert scratch.droplets(_do(lab_blocks), spec) == []

@@ -26,8 +26,9 @@ SPEC_COMMANDS = [
     ["serve"],
     ["provision"],
     ["status"],
+    ["drill", "restore"],
 ]
-IDS = [c[0] for c in SPEC_COMMANDS]
+IDS = ["-".join(c) for c in SPEC_COMMANDS]
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:  # noqa: ANN401
@@ -428,3 +429,15 @@ def test_lab_fault_on_an_unknown_droplet(
         invoke("lab", "partition", *args),
         f"no droplet is named '{unknown}': `lifeboat lab status` lists them",
     )
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ("yesterday", "is not an ISO 8601 time"),
+        ("2026-11-30T14:02:00", "has no time zone: add one, e.g. 2026-11-30T14:02:00Z"),
+    ],
+)
+def test_a_bad_target_time_is_refused_before_the_spec_is_read(when: str, message: str) -> None:
+    result = invoke("drill", "restore", "--spec", "/nonexistent.yaml", "--target-time", when)
+    refused(result, message)

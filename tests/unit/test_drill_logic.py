@@ -64,3 +64,39 @@ def test_the_scratch_droplet_is_outside_the_stack():
     assert spec.drill_tag != spec.stack_tag
     assert spec.drill_droplet_name not in {n.name for n in spec.nodes()}
     assert spec.drill_firewall_name not in {spec.resource_name, spec.web_firewall_name}
+
+
+# --- point in time: which backup, and which times are refused ----------------------------
+
+B1, B2 = ENTRIES[0].backup, ENTRIES[1].backup  # finished at 1.0 and 2.0, system "7"
+
+
+def test_a_point_in_time_starts_from_the_newest_backup_finished_before_it():
+    from tasks.catalog import backup_for_time
+
+    assert backup_for_time([B1, B2], 1.5, {"7": 10.0}, now=100.0) is B1
+    assert backup_for_time([B1, B2], 2.0, {"7": 10.0}, now=100.0) is B2
+    assert backup_for_time([B2, B1], 9.0, {"7": 10.0}, now=100.0) is B2
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        (0.5, "before the oldest kept backup finished"),
+        (11.0, "after the newest archived WAL"),
+        (101.0, "in the future"),
+    ],
+)
+def test_unreachable_times_are_refused_saying_which_are_possible(target: float, why: str):
+    from tasks.catalog import TargetTimeRefused, backup_for_time
+
+    with pytest.raises(TargetTimeRefused, match=why) as refused:
+        backup_for_time([B1, B2], target, {"7": 10.0}, now=100.0)
+    assert "possible times are 1970-01-01T00:00:01Z to 1970-01-01T00:00:10Z" in str(refused.value)
+
+
+def test_the_drill_refuses_a_backup_id_and_a_target_time_together():
+    with pytest.raises(DrillFailed, match="not both"):
+        choose_backup(ENTRIES, "20261101T030000Z", 1.5, {"7": 10.0}, 100.0)
+    with pytest.raises(DrillFailed, match="in the future; .* nothing was created"):
+        choose_backup(ENTRIES, None, 101.0, {"7": 10.0}, 100.0)

@@ -87,3 +87,18 @@ def test_no_archive_to_check_against_is_an_error_not_a_pass():
 
 def test_restores_use_the_strict_restore_command():
     assert WAL_RESTORE.split()[1] == "--strict"
+
+
+def test_a_point_in_time_sets_one_recovery_target_after_blanking_the_others():
+    flat = server_options(Scratch("drill-1", 6543), WAL_RESTORE, "2026-11-30 14:02:00.000000+00")
+    names = [item.split("=", 1)[0] for item in flat[1::2]]
+    opts = _options_of(flat)
+    assert opts["recovery_target_time"] == "2026-11-30 14:02:00.000000+00"
+    assert opts["recovery_target_action"] == "promote"
+    for other in ("recovery_target", "recovery_target_lsn", "recovery_target_name"):
+        assert opts[other] == "" and names.index(other) < names.index("recovery_target_time")
+    assert _options(WAL_RESTORE)["recovery_target_time"] == ""  # to the end: no target
+
+
+def _options_of(flat: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in flat[1::2])
