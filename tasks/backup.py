@@ -103,8 +103,8 @@ def wal_stored_at(s3: Any, bucket: str, stack: str) -> dict[str, float]:
     for page in pages:
         for obj in page.get("Contents", []):
             found = layout.parse_wal(stack, obj["Key"])
-            if found is None or catalog.SEGMENT.match(found[1]) is None:
-                continue
+            if found is None or catalog.SEGMENT.match(found[1]) is None or ".div" in found[1]:
+                continue  # not a segment, or a replaced timeline's other version
             system_id, stored = found[0], obj["LastModified"].timestamp()
             out[system_id] = max(out.get(system_id, 0.0), stored)
     return out

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from tasks import layout
 
-SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial|\.[0-9A-F]{8}\.backup)?$")
+# A segment, its .partial or .backup file, or another version of a replaced timeline's
+# segment the WAL agent kept beside it (.diverged-<sha256 prefix>).
+SEGMENT = re.compile(
+    r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})"
+    r"(\.partial|\.[0-9A-F]{8}\.backup|\.diverged-[0-9a-f]{16})?$"
+)
 HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
 MANIFEST = layout.MANIFEST
 DAY = 86400

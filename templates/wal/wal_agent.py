@@ -8,7 +8,8 @@ Python, importing boto3 and creating a client per segment costs ~0.19 s and caps
 archiving near 3 segments/s.
 
 HTTP on a unix socket (mode 0600, so only postgres and root can ask):
-  PUT /archive/<name>?path=<abs>&pgdata=<abs>  200 stored, or already stored identical
+  PUT /archive/<name>?path=<abs>&pgdata=<abs>  200 stored, or already stored identical,
+                                                   or a past timeline's segment kept (below)
                                                409 different contents stored: not replaced
   GET /restore/<name>?dest=<abs>&pgdata=<abs>  200 written (fsynced, renamed into place)
                                                404 not in the archive
@@ -20,6 +21,15 @@ Other answers: 400 bad request, 502 S3 failed or unreachable, 500 anything else,
 with a one-line reason as the body; a restore's reasons name the object (s3://bucket/key).
 restore.sh (wal-restore) turns these into exit codes: only 404 is "not there", which
 its --strict mode (restores and drills) keeps apart from 422/502/500 (abort recovery).
+
+Never overwrite, never block the current timeline. A segment of a timeline that a newer
+one replaced (the next timeline's history file is archived) can legitimately exist in two
+versions: the old primary's, which went on past the switch point, and the one archived
+first. They agree up to the switch point, which is all a recovery along the newer
+timeline reads. So for such a segment the stored object is kept, this copy is stored
+beside it as <name>.diverged-<sha256 prefix> (the old primary's lost writes, for a
+person to look at; retention expires it with its segment), and the answer is 200: the
+archiver moves on to the current timeline. Other names with other contents stay 409.
 
 PostgreSQL archives one file at a time; while it waits, the agent uploads the next files
 marked ready in pg_wal/archive_status (read_ahead). It answers for such a file later
@@ -71,6 +81,16 @@ log = logging.getLogger("lifeboat-wal-agent")
 # A WAL segment (".partial" is archived at promotion), a backup history file, a timeline
 # history file. Checked with fullmatch: names become object keys.
 NAME = re.compile(r"[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history")
+SEGMENT_OR_PARTIAL = re.compile(r"([0-9A-F]{8})[0-9A-F]{16}(\.partial)?")
+
+
+def segment_timeline(name: str) -> int | None:
+    """The timeline of a segment or .partial file (None for history and backup files,
+    whose two versions never legitimately differ)."""
+    m = SEGMENT_OR_PARTIAL.fullmatch(name)
+    return int(m[1], 16) if m else None
+
+
 READ_SIZE = 1 << 20
 # Compressed bytes per multipart part (S3's minimum part is 5 MiB). A typical 16 MiB
 # segment compresses far below this and goes up in one PUT; memory stays near two parts
@@ -186,9 +206,9 @@ class Agent:
         if pending is not None:
             with contextlib.suppress(Exception):  # its failure is ours to find again
                 pending.result()
-        return self._archive(name, key, path)[0]
+        return self._archive(name, key, path, system_id)[0]
 
-    def _archive(self, name: str, key: str, path: str) -> tuple[str, str]:
+    def _archive(self, name: str, key: str, path: str, system_id: str) -> tuple[str, str]:
         """Stores path under key unless stored; returns (reason, sha256 of the file)."""
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
@@ -202,14 +222,14 @@ class Agent:
         size = st.st_size
         stored = self.head(key)
         if stored is not None:
-            return self.same(name, stored, digest), digest
+            return self.stored_already(name, system_id, path, stored, digest, size), digest
         try:
             sent = self.upload(key, path, digest, size)
         except ConditionFailed:
             stored = self.head(key)
             if stored is None:
                 raise Failure(502, f"{name}: S3 refused the write but has no object") from None
-            return self.same(name, stored, digest), digest
+            return self.stored_already(name, system_id, path, stored, digest, size), digest
         return f"stored {name} ({size} -> {sent} bytes)", digest
 
     def read_ahead(self, name: str, path: str, system_id: str) -> None:
@@ -234,13 +254,15 @@ class Agent:
                     return
                 if key in self.pending or key in self.uploaded:
                     continue
-                job = self.ahead.submit(self._ahead, other, key, os.path.join(wal_dir, other))
+                job = self.ahead.submit(
+                    self._ahead, other, key, os.path.join(wal_dir, other), system_id
+                )
                 self.pending[key] = job
 
-    def _ahead(self, name: str, key: str, path: str) -> None:
+    def _ahead(self, name: str, key: str, path: str, system_id: str) -> None:
         try:
             signature = file_signature(os.stat(path))
-            reason, digest = self._archive(name, key, path)
+            reason, digest = self._archive(name, key, path, system_id)
             if file_signature(os.stat(path)) != signature:
                 return  # written to meanwhile: the archive request will hash it
             with self.lock:
@@ -258,15 +280,31 @@ class Agent:
     def head(self, key: str) -> dict[str, str] | None:
         return head(self.client, self.s.bucket, key)
 
-    @staticmethod
-    def same(name: str, stored: dict[str, str], digest: str) -> str:
+    def stored_already(
+        self, name: str, system_id: str, path: str, stored: dict[str, str], digest: str, size: int
+    ) -> str:
         theirs = stored.get("sha256")
         if theirs == digest:
             return f"{name} already stored, identical"
+        differs = f"stored sha256 {theirs or 'missing'}, this file {digest}"
+        timeline = segment_timeline(name)
+        if timeline is not None:
+            newer = self.key(system_id, f"{timeline + 1:08X}.history")
+            if self.head(newer) is not None:
+                aside = self.key(system_id, f"{name}.diverged-{digest[:16]}")
+                if self.head(aside) is None:
+                    with contextlib.suppress(ConditionFailed):  # stored meanwhile: the same
+                        self.upload(aside, path, digest, size)
+                reason = (
+                    f"{name} of timeline {timeline}, which timeline {timeline + 1} replaced, "
+                    f"is already archived with other contents ({differs}): the stored one "
+                    f"is kept, this copy stored beside it as {aside}"
+                )
+                log.warning("%s", reason)
+                return reason
         raise Failure(
             409,
-            f"{name} is already archived with different contents (stored sha256 "
-            f"{theirs or 'missing'}, this file {digest}): not overwriting",
+            f"{name} is already archived with different contents ({differs}): not overwriting",
         )
 
     def upload(self, key: str, path: str, digest: str, size: int) -> int:

@@ -370,6 +370,30 @@ def test_different_contents_under_an_archived_name_fail(
     assert "different contents" in agent.log.read_text()  # the agent logs why
 
 
+def test_a_replaced_timelines_segment_in_two_versions_keeps_the_first_and_moves_on(
+    moto: Moto, agent: Agent, pgdata: PgData
+) -> None:
+    """Timeline 2 replaced timeline 1 (its history file is archived): an old primary's
+    other version of a timeline 1 segment is stored beside the first, which is kept, and
+    the archiver is told to move on. Without the newer timeline it is refused (above)."""
+    name = "000000010000000000000009"
+    first = wal_like(SEGMENT, 9)
+    assert archive(agent, pgdata, name, first).returncode == 0
+    before = stored(moto, pgdata.key(name))
+    assert archive(agent, pgdata, "00000002.history", b"1\t0/9000000\tno target\n").returncode == 0
+
+    other = first[: SEGMENT // 2] + wal_like(SEGMENT // 2, 99)  # diverged past the switch
+    result = archive(agent, pgdata, name, other)
+    assert result.returncode == 0, result.stderr
+    assert stored(moto, pgdata.key(name)) == before  # never overwritten
+    aside = pgdata.key(f"{name}.diverged-{hashlib.sha256(other).hexdigest()[:16]}")
+    assert stored(moto, aside)[1]["sha256"] == hashlib.sha256(other).hexdigest()
+    assert "which timeline 2 replaced" in agent.log.read_text()
+    assert archive(agent, pgdata, name, other).returncode == 0  # again: still moves on
+    result = restore(agent, pgdata, name)
+    assert result.returncode == 0 and (pgdata.wal / "RECOVERYXLOG").read_bytes() == first
+
+
 def test_same_name_in_two_clusters_does_not_collide(
     moto: Moto, agent: Agent, pgdata: PgData, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
