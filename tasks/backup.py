@@ -128,17 +128,24 @@ def read_catalog(
     s3: Any, bucket: str, stack: str, keys: dict[str, int] | None = None
 ) -> tuple[list[Entry], list[str]]:
     """(cataloged backups oldest first, problems). A manifest whose objects are not all
-    stored at their recorded sizes is a problem, not a backup. `keys`: a listing of the
-    stack's prefix the caller already has."""
+    stored at their recorded sizes is a problem, not a backup; so is a manifest that
+    cannot be read or parsed: it is skipped and named, so one bad object stops neither
+    backups nor retention (backup-health fails on it). `keys`: a listing of the stack's
+    prefix the caller already has."""
     keys = list_keys(s3, bucket, layout.stack_prefix(stack)) if keys is None else keys
     entries, problems = [], []
     for key in catalog.manifests(keys, stack):
-        manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        absent = [o["key"] for o in manifest["objects"] if keys.get(o["key"]) != o["bytes"]]
+        try:
+            manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            absent = [o["key"] for o in manifest["objects"] if keys.get(o["key"]) != o["bytes"]]
+            backup = Backup.from_manifest(manifest, key)
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            problems.append(f"manifest {key} is unreadable ({type(exc).__name__}): skipped")
+            continue
         if absent:
             problems.append(f"backup {manifest['id']}: objects missing or short: {absent}")
             continue
-        entries.append(Entry(Backup.from_manifest(manifest, key), manifest))
+        entries.append(Entry(backup, manifest))
     entries.sort(key=lambda e: e.backup.stopped_at)
     return entries, problems
 
@@ -404,7 +411,49 @@ def catalog_state(stack: StackContext) -> tuple[list[Entry] | None, list[str]]:
     """The catalog's entries and problems; None and the reason when it cannot be read (one
     attempt: a health check reports Spaces away rather than waiting it out)."""
     s3 = stack.s3_with(retries={"max_attempts": 1})
+    spec = stack.spec
     try:
-        return read_catalog(s3, stack.spec.bucket, stack.spec.name)
+        keys = list_keys(s3, spec.bucket, layout.stack_prefix(spec.name))
+        entries, problems = read_catalog(s3, spec.bucket, spec.name, keys)
+        problems += continuity_problems(s3, spec.bucket, spec.name, entries, keys)
     except (BotoCoreError, ClientError) as exc:
         return None, [f"the backup catalog cannot be read: {exc}"]
+    return entries, problems
+
+
+def continuity_problems(
+    s3: Any, bucket: str, stack: str, entries: list[Entry], keys: dict[str, int]
+) -> list[str]:
+    """Holes in the archive: for each cluster (system id) with backups, the WAL from each
+    backup's start to the newest archived segment, following the newest timeline's
+    history. A hole is named with the backups whose point-in-time range it cuts."""
+    problems = []
+    archived_by_system = wal_names(keys, stack)
+    systems = sorted({e.backup.system_id for e in entries})
+    for system_id in systems:
+        mine = [e.backup for e in entries if e.backup.system_id == system_id]
+        size = mine[0].segment_size
+        archived = set(archived_by_system.get(system_id, []))
+        segments = [
+            parsed
+            for name in archived
+            if "." not in name and (parsed := catalog.parse_segment(name, size)) is not None
+        ]
+        if not segments:
+            problems.append(f"cluster {system_id}: no WAL segment archived")
+            continue
+        timeline, last = max(segments)
+        try:
+            text = history(s3, bucket, stack, system_id, timeline)
+        except BackupError as exc:  # the newest timeline's history is not archived
+            problems.append(f"cluster {system_id}: {exc}")
+            continue
+        hole = catalog.first_hole(mine, archived, timeline, catalog.parse_history(text), last)
+        if hole is not None:
+            missing, cut = hole
+            more = f" and {len(missing) - 1} more to {missing[-1]}" if len(missing) > 1 else ""
+            problems.append(
+                f"archive hole: WAL {missing[0]}{more} missing (cluster {system_id}); "
+                f"backups {', '.join(b.id for b in cut)} restore only to before it"
+            )
+    return problems

@@ -94,6 +94,35 @@ def missing(needed: Iterable[str], archived: set[str]) -> list[str]:
     return [name for name in needed if name not in archived]
 
 
+def first_hole(
+    backups: list[Backup],
+    archived: set[str],
+    timeline: int,
+    history: list[tuple[int, int]],
+    last_segno: int,
+) -> tuple[list[str], list[Backup]] | None:
+    """The archive's first run of missing segments between the oldest backup's start and
+    `last_segno` along `timeline`'s history, and the backups whose recovery would read
+    across it (each can be restored only to a point before the hole). None: no hole."""
+    if not backups:
+        return None
+    size = backups[0].segment_size
+    oldest = min(b.start_lsn for b in backups)
+    needed = needed_segments(oldest, last_segno * size, timeline, history, size)
+    absent = missing(needed, archived)
+    if not absent:
+        return None
+    first = needed.index(absent[0])
+    run = [absent[0]]
+    for name in needed[first + 1 :]:
+        if name in archived:
+            break
+        run.append(name)
+    hole_segno = parse_segment(run[0], size)[1]  # type: ignore[index]
+    cut = [b for b in backups if b.start_segno <= hole_segno]
+    return run, sorted(cut, key=lambda b: b.stopped_at)
+
+
 # --- a listing of the stack's objects (key -> size), read through the layout ------------
 
 

@@ -19,7 +19,7 @@ from flows.backup import BackupRefused, backup, backup_health
 from flows.status import stack_status
 from lab import faults
 from tasks import backup as bk
-from tasks import catalog, restore, wal
+from tasks import catalog, layout, restore, wal
 from tasks import context as rm
 from tasks.hosts import run
 from tasks.spaces import s3_client
@@ -303,3 +303,47 @@ def test_the_newest_backup_restores_with_the_latest_archived_writes(stacks, lab_
             restore.cleanup(conn, scratch)
     assert marker in rows
     assert timings.bytes == obj["bytes"]
+
+
+def test_an_unreadable_manifest_is_skipped_by_backups_and_named_by_backup_health(
+    stacks, lab_blocks
+):
+    """One bad manifest stops neither a backup nor retention; backup-health fails naming
+    it. Removed afterwards."""
+    spec, _ = stack(stacks, "compact")
+    s3 = _s3(lab_blocks)
+    entries, _ = bk.read_catalog(s3, spec.bucket, spec.name)
+    system_id = entries[-1].backup.system_id
+    bad = layout.manifest_key(spec.name, system_id, "20000101T000000Z")
+    s3.put_object(Bucket=spec.bucket, Key=bad, Body=b"{not json")
+    try:
+        assert backup(spec, lab_blocks)["id"]  # backup and retention go on
+        with pytest.raises(bk.BackupError, match=f"manifest {bad} is unreadable"):
+            backup_health(spec, lab_blocks)
+    finally:
+        s3.delete_object(Bucket=spec.bucket, Key=bad)
+    assert backup_health(spec, lab_blocks)["problems"] == []
+
+
+def test_a_hole_in_the_archive_fails_backup_health_naming_it_and_the_backups_it_cuts(
+    stacks, lab_blocks
+):
+    """A segment every kept backup needs is taken out of the archive (and put back)."""
+    spec, _ = stack(stacks, "compact")
+    _current_segment(spec, lab_blocks)
+    s3 = _s3(lab_blocks)
+    entries, _ = bk.read_catalog(s3, spec.bucket, spec.name)
+    newest = entries[-1]
+    key = layout.wal_key(spec.name, newest.backup.system_id, newest.manifest["wal_start"])
+    body = s3.get_object(Bucket=spec.bucket, Key=key)
+    s3.delete_object(Bucket=spec.bucket, Key=key)
+    try:
+        with pytest.raises(bk.BackupError, match="archive hole: WAL") as failed:
+            backup_health(spec, lab_blocks)
+        assert newest.manifest["wal_start"] in str(failed.value)
+        assert newest.backup.id in str(failed.value)
+    finally:
+        s3.put_object(
+            Bucket=spec.bucket, Key=key, Body=body["Body"].read(), Metadata=body["Metadata"]
+        )
+    assert backup_health(spec, lab_blocks)["problems"] == []

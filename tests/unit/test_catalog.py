@@ -87,3 +87,34 @@ def test_expired_wal_is_only_what_no_kept_backup_needs():
         "7": sorted(wal["7"][:3]),
         "8": ["000000010000000000000001"],
     }
+
+
+def _starting_at(backup_id: str, start_segno: int, stopped_at: float) -> Backup:
+    return Backup(backup_id, "7", stopped_at, start_segno * SEG + 0x28, 1, SEG, ())
+
+
+def test_a_hole_in_the_archive_names_the_backups_whose_range_it_cuts():
+    old, new = _starting_at("b-old", 2, 1.0), _starting_at("b-new", 6, 2.0)
+    archived = {catalog.segment_name(1, n, SEG) for n in range(2, 10) if n not in (4, 5)}
+    missing, cut = catalog.first_hole([old, new], archived, 1, [], 9)
+    assert missing == ["000000010000000000000004", "000000010000000000000005"]
+    assert [b.id for b in cut] == ["b-old"]  # the newer backup starts after the hole
+
+
+def test_no_hole_across_a_timeline_switch():
+    # TL1 until segment 5 (switch at 0/5800000), TL2 from there: segment 5 comes from TL2.
+    history = catalog.parse_history("1\t0/5800000\tno recovery target\n")
+    archived = {catalog.segment_name(1, n, SEG) for n in range(2, 6)}
+    archived |= {catalog.segment_name(2, n, SEG) for n in range(5, 8)}
+    assert catalog.first_hole([_starting_at("b", 2, 1.0)], archived, 2, history, 7) is None
+    archived.discard(catalog.segment_name(2, 5, SEG))  # only TL1's copy of segment 5 left
+    missing, _ = catalog.first_hole([_starting_at("b", 2, 1.0)], archived, 2, history, 7)
+    assert missing == ["000000020000000000000005"]
+
+
+def test_a_diverged_copy_is_a_segment_for_retention_but_never_fills_a_hole():
+    name = "000000010000000000000004.diverged-0123456789abcdef"
+    assert catalog.parse_segment(name, SEG) == (1, 4)
+    archived = {catalog.segment_name(1, n, SEG) for n in (2, 3, 5)} | {name}
+    missing, _ = catalog.first_hole([_starting_at("b", 2, 1.0)], archived, 1, [], 5)
+    assert missing == ["000000010000000000000004"]
