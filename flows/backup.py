@@ -56,7 +56,8 @@ def backup(
     """`stack`: the context of a parent flow (`up`); without it, one is opened here."""
     log = get_run_logger()
     with opened(spec, credentials, stack) as ctx:
-        ctx.require_complete()
+        # One healthy source is enough: a web droplet down never stops a backup.
+        ctx.require_role("postgres")
         if _busy(spec):
             if wait_seconds <= 0:
                 raise _refused(spec, wait_seconds)

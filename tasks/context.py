@@ -253,6 +253,18 @@ class StackContext:
             )
         return self.hosts
 
+    def require_role(self, role: str) -> list[Host]:
+        """The active droplets with `role`; a ClusterError naming the planned ones when none
+        is (a backup needs one healthy database droplet, not every droplet)."""
+        found = self.with_role(role)
+        if not found:
+            planned = ", ".join(n.name for n in self.spec.nodes_with(role))
+            raise ClusterError(
+                f"no {role} droplet of stack {self.spec.name} is active (planned: {planned}): "
+                "power one on, or run `lifeboat up`"
+            )
+        return found
+
     @property
     def hosts_by_name(self) -> dict[str, Host]:
         return {h.name: h for h in self.hosts}
