@@ -39,6 +39,7 @@ demo: lab-up
 	$(UV) run lifeboat lab status
 	$(UV) run lifeboat up --spec examples/article.yaml
 	$(UV) run lifeboat backup --spec examples/article.yaml
+	$(UV) run lifeboat drill restore --spec examples/article.yaml
 	$(UV) run lifeboat status --spec examples/article.yaml
 
 # Pure logic: no server, no lab; seconds.
@@ -72,3 +73,4 @@ bench: lab-up
 	$(UV) run python -m bench.lab
 	$(UV) run python -m bench.up
 	$(UV) run python -m bench.backup
+	$(UV) run python -m bench.drill
