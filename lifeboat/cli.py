@@ -35,7 +35,9 @@ lab_app = typer.Typer(
     help="The local cloud: DigitalOcean on one machine (needs root).", no_args_is_help=True
 )
 app.add_typer(lab_app, name="lab")
-drill_app = typer.Typer(help="Drills: prove that the backups restore.", no_args_is_help=True)
+drill_app = typer.Typer(
+    help="Drills: prove that the backups restore and the cluster fails over.", no_args_is_help=True
+)
 app.add_typer(drill_app, name="drill")
 
 SPEC = typer.Option(..., "--spec", help="Stack spec (YAML), e.g. examples/article.yaml.")
@@ -343,6 +345,45 @@ def drill_restore_cmd(
         typer.echo(f"  {name}: {outcome}")
     steps = ", ".join(f"{k} {v} s" for k, v in report["steps_s"].items())
     typer.echo(f"  steps: {steps}; total {report['total_s']} s")
+
+
+@_command(drill_app, "failover")
+def drill_failover_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    fault: str = typer.Option(
+        "switchover",
+        "--fault",
+        help="switchover (planned), stop-patroni, kill-postgres or power-off.",
+    ),
+    allow_destructive: bool = typer.Option(
+        False, "--allow-destructive", help="Consent to a fault other than switchover."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable."),
+) -> None:
+    """Fault the primary while a probe writes through HAProxy: write gap, acknowledged
+    writes lost (must be 0), time to a new leader; the cluster put back and healthy."""
+    from tasks.failover import DrillRefused, check_fault
+
+    try:
+        check_fault(fault, allow_destructive)
+    except DrillRefused as e:
+        raise BadInput(str(e)) from None
+    stack = _load_spec(spec)
+    _blocks(credentials)
+    from flows.failover import failover_drill
+
+    report = _run(failover_drill, stack, credentials, fault, allow_destructive)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    typer.echo(
+        f"{fault} drill of {report['stack']}: {report['old_leader']} -> "
+        f"{report['new_leader']} (timeline {report['timeline']}); write gap "
+        f"{report['write_gap_s']} s, {report['acked_writes_lost']} acknowledged writes lost "
+        f"({report['writes_acked']} acknowledged, {report['writes_failed']} failed); healthy "
+        f"again after {report['healthy_again_s']} s"
+    )
 
 
 def _moment(text: str) -> datetime.datetime:

@@ -81,13 +81,18 @@ class Remote:
         for conn in conns:
             conn.close()
 
-    def forget(self, host: Host) -> None:
-        """Close the droplet's connection and drop its host key: for a droplet destroyed in
-        this run (a drill's scratch droplet), whose pin would only pile up in the block."""
+    def drop(self, host: Host) -> None:
+        """Close the droplet's connection (after a power-off: a dead peer's transport still
+        looks active, and a command on it would hang until its timeout)."""
         with self._guard:
             conn = self._conns.pop(host.name, None)
         if conn is not None:
             conn.close()
+
+    def forget(self, host: Host) -> None:
+        """Close the droplet's connection and drop its host key: for a droplet destroyed in
+        this run (a drill's scratch droplet), whose pin would only pile up in the block."""
+        self.drop(host)
         self._ssh.pins.pop(host.pin_key, None)
 
     @property

@@ -1,0 +1,126 @@
+"""failover-drill: fault the primary while a probe writes through HAProxy, and measure
+what the site lost.
+
+It starts only on a healthy cluster (one leader, replicas streaming with no lag, a
+synchronous standby when asked for, the archive current). A probe on a web droplet writes
+as WordPress does every 50 ms; the fault hits the primary (`switchover`, the planned one
+and the default; `stop-patroni`, `kill-postgres` and `power-off`, which need
+allow_destructive); the drill waits for a leader that takes writes, puts the cluster back
+(powers the droplet on, starts Patroni) and waits until it is healthy again. Then it
+checks that every acknowledged write is on the primary (0 lost) and that archiving is
+current, and reports the write gap, time to a new leader, the old primary's return and
+the timeline, as Prefect artifacts (a table, and a chart of acknowledged and failed
+writes over time)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from blocks.stack import StackSpec
+from tasks import failover
+from tasks.context import StackContext, opened
+
+Fault = Literal["switchover", "stop-patroni", "kill-postgres", "power-off"]
+
+
+@flow(name="failover-drill", log_prints=False)
+def failover_drill(
+    spec: StackSpec,
+    credentials: str = "lab",
+    fault: Fault = "switchover",
+    allow_destructive: bool = False,
+    stack: StackContext | None = None,
+) -> dict:
+    """Fault the primary under a write probe; measure the write gap, check 0 acknowledged
+    writes lost and one leader, put the cluster back and wait until it is healthy."""
+    failover.check_fault(fault, allow_destructive)  # before anything is touched
+    log = get_run_logger()
+    with opened(spec, credentials, stack) as ctx:
+        ctx.require_complete()
+        web = ctx.require_role("wordpress")[0]
+        members = failover.precheck(ctx)
+        old = next(m for m in members if m.is_leader)
+        candidate = next(
+            (m.name for m in members if m.role == "sync_standby"),
+            next(m.name for m in members if not m.is_leader),
+        )
+        run_id = f"{spec.name}-{fault}-{secrets.token_hex(4)}"
+        old_host = ctx.host(old.name)
+        failover.probe_start(ctx, web, run_id)
+        record: list[dict] = []
+        try:
+            time.sleep(3)  # writes before the fault: the gap needs a last ack before it
+            fault_at = failover.inject(ctx, fault, old_host, candidate)
+            leader_at = failover.wait_leader(ctx, old.name, fault)
+            time.sleep(5)  # writes after: the first ack after the fault
+        finally:
+            record = failover.probe_stop(ctx, web, run_id)
+            failover.put_back(ctx, fault, old_host)
+        back = failover.wait_back(ctx, fault_at)
+        lost, archived = failover.check_writes(ctx, back["leader"], run_id, record)
+    gap = failover.write_gap(record, fault_at)
+    report = {
+        "stack": spec.name,
+        "fault": fault,
+        "old_leader": old.name,
+        "new_leader": back["leader"],
+        "leader_after_fault_s": round(leader_at - fault_at, 2),
+        "write_gap_s": None if gap.seconds is None else round(gap.seconds, 2),
+        "writes_acked": gap.acked,
+        "writes_failed": gap.failed,
+        "acked_writes_lost": len(lost),
+        "timeline": back["timeline"],
+        "healthy_again_s": back["seconds"],
+        "archive_current": archived,
+        "probe_from": web.name,
+    }
+    _publish(spec, report, failover.timeline_chart(record, fault_at))
+    if lost:
+        raise failover.FailoverError(
+            f"{len(lost)} acknowledged writes are not on the new primary: {lost[:10]}"
+        )
+    if gap.seconds is None:
+        raise failover.FailoverError("no write was acknowledged after the fault")
+    log.info(
+        "%s drill of %s: %s -> %s, write gap %.2f s, 0 acknowledged writes lost",
+        fault,
+        spec.name,
+        old.name,
+        back["leader"],
+        gap.seconds,
+    )
+    return report
+
+
+def _publish(spec: StackSpec, report: dict, chart: str) -> None:
+    create_table_artifact(
+        table=[{"field": k, "value": str(v)} for k, v in report.items()],
+        key=f"failover-drill-{spec.name}",
+        description=f"{report['fault']} drill of stack {spec.name}",
+    )
+    lines = [
+        f"# {report['fault']} drill of {spec.name}",
+        "",
+        f"- {report['old_leader']} -> {report['new_leader']} (timeline {report['timeline']})",
+        f"- write gap: {report['write_gap_s']} s; leader after {report['leader_after_fault_s']} s",
+        f"- writes acknowledged {report['writes_acked']}, failed {report['writes_failed']}, "
+        f"acknowledged but lost: {report['acked_writes_lost']}",
+        f"- healthy again {report['healthy_again_s']} s after the fault; archive current "
+        f"({report['archive_current']})",
+        "",
+        "Writes through HAProxy from " + report["probe_from"] + " ('#' acknowledged, 'x' failed):",
+        "",
+        "```",
+        chart,
+        "```",
+    ]
+    create_markdown_artifact(
+        markdown="\n".join(lines),
+        key=f"failover-drill-{spec.name}-chart",
+        description=f"{report['fault']} drill of stack {spec.name}",
+    )

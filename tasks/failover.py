@@ -1,0 +1,327 @@
+"""The failover drill's pieces: the write probe on a web droplet (templates/drill/
+write-probe.php), the faults it injects on the primary, and what its record shows (the
+write gap, and whether every acknowledged write is on the new primary).
+
+The probe writes as WordPress does, through HAProxy with the WordPress role, so what it
+measures is what the site lives through. A write is acknowledged when its COMMIT
+returned; with synchronous replication every acknowledged write must survive any single
+failure, and the drill checks that on the new primary, key by key."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fabric import Connection
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.stack import StackSpec
+from lifeboat.waiting import NotYet, WaitTimeout, wait_until
+from tasks import droplets, patroni, sql, wal
+from tasks.hosts import Host, put, run
+from tasks.render import TEMPLATES
+
+if TYPE_CHECKING:
+    from tasks.context import StackContext
+
+TABLE = "lifeboat_failover_probe"
+PROBE = "/usr/local/lib/lifeboat/write-probe.php"
+WORK = "/var/lib/lifeboat-drill"
+FAULTS = ("switchover", "stop-patroni", "kill-postgres", "power-off")
+DESTRUCTIVE = frozenset(FAULTS) - {"switchover"}
+
+
+class FailoverError(RuntimeError):
+    pass
+
+
+class DrillRefused(RuntimeError):
+    """The drill does not start: the cluster is not healthy, or the fault needs consent."""
+
+
+def prepare_table(conn: Connection, spec: StackSpec) -> None:
+    """On the primary: the probe's table in the WordPress database, owned by its role."""
+    target = sql.Target(database=spec.wordpress.db_name)
+    sql.query(
+        conn,
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (key text PRIMARY KEY, run text NOT NULL,"
+        f" at timestamptz NOT NULL); ALTER TABLE {TABLE} OWNER TO {spec.wordpress.db_user}",
+        target,
+    )
+
+
+def _paths(run_id: str) -> tuple[str, str]:
+    return f"{WORK}/{run_id}.jsonl", f"{WORK}/{run_id}.stop"
+
+
+def start_probe(conn: Connection, run_id: str, max_seconds: int = 900) -> None:
+    """Start writing in the background (the SSH call returns at once)."""
+    put(conn, PROBE, (TEMPLATES / "drill" / "write-probe.php").read_text(), "0644", "root:root")
+    out, stop = _paths(run_id)
+    run(conn, f"install -d -m 0700 {WORK} && rm -f {shlex.quote(stop)}", timeout=30)
+    args = shlex.join(["php", PROBE, run_id, out, stop, "0.05", "1.0", str(max_seconds)])
+    run(conn, f"nohup {args} >/dev/null 2>&1 </dev/null &", timeout=30)
+
+
+def stop_probe(conn: Connection, run_id: str) -> list[dict]:
+    """Stop the probe, wait for it to end, and return its record (then delete it)."""
+    out, stop = _paths(run_id)
+    run(
+        conn,
+        f"touch {shlex.quote(stop)}; for i in $(seq 100); do "
+        f"pgrep -f {shlex.quote(PROBE + ' ' + run_id)} >/dev/null || break; sleep 0.1; done",
+        timeout=60,
+    )
+    text = run(conn, f"cat {shlex.quote(out)}", timeout=60).stdout
+    run(conn, f"rm -f {shlex.quote(out)} {shlex.quote(stop)}", timeout=30)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class Gap:
+    """What the record shows around the fault (seconds; epoch times on the web droplet)."""
+
+    last_ack_before: float | None
+    first_ack_after: float | None
+    failed: int
+    acked: int
+
+    @property
+    def seconds(self) -> float | None:
+        if self.last_ack_before is None or self.first_ack_after is None:
+            return None
+        return self.first_ack_after - self.last_ack_before
+
+
+def write_gap(record: list[dict], fault_at: float) -> Gap:
+    """The write gap: the longest stretch without an acknowledgement that ends after the
+    fault began (a switchover or a stop takes a while to bite, so the last write before
+    the fault is not where the outage starts); from the acknowledgement before it to
+    the one that ended it. Acknowledged = COMMIT returned; times are when answers came."""
+    acks = sorted(r["done"] for r in record if r["ok"])
+    failed = sum(1 for r in record if not r["ok"])
+    pairs = [(a, b) for a, b in zip(acks, acks[1:], strict=False) if b > fault_at]
+    if not pairs:
+        before = [t for t in acks if t <= fault_at]
+        return Gap(max(before) if before else None, None, failed, len(acks))
+    start, end = max(pairs, key=lambda p: p[1] - p[0])
+    return Gap(start, end, failed, len(acks))
+
+
+def lost_writes(conn: Connection, spec: StackSpec, run_id: str, record: list[dict]) -> list[str]:
+    """On the new primary: acknowledged keys that are not there (must be none)."""
+    target = sql.Target(database=spec.wordpress.db_name)
+    stored = set(
+        sql.query(
+            conn, f"SELECT key FROM {TABLE} WHERE run = {sql.literal(run_id)}", target
+        ).split()
+    )
+    return [r["key"] for r in record if r["ok"] and r["key"] not in stored]
+
+
+def timeline_chart(record: list[dict], fault_at: float, width_s: float = 0.25) -> str:
+    """Acknowledged and failed writes over time, one character per `width_s` seconds:
+    '#' only acknowledged, 'x' only failed, '+' both, ' ' no attempt ended; '|' marks
+    the fault. For a person in the Prefect UI (a code block in a markdown artifact)."""
+    if not record:
+        return "(no writes recorded)"
+    t0 = min(r["sent"] for r in record)
+    slots: dict[int, set[bool]] = {}
+    for r in record:
+        slots.setdefault(int((r["done"] - t0) / width_s), set()).add(bool(r["ok"]))
+    fault_slot = int((fault_at - t0) / width_s)
+    chars = []
+    for i in range(max(slots) + 1):
+        seen = slots.get(i, set())
+        char = {frozenset({True}): "#", frozenset({False}): "x"}.get(frozenset(seen), "+")
+        chars.append(" " if not seen else char)
+        if i == fault_slot:
+            chars[-1] = "|"
+    lines = ["".join(chars[i : i + 80]) for i in range(0, len(chars), 80)]
+    return f"one character = {width_s} s from the first write; | = the fault\n" + "\n".join(lines)
+
+
+# --- faults, on the primary over SSH (power-off goes through the DigitalOcean API) --------
+
+
+def switchover(conn: Connection, spec: StackSpec, leader: str, candidate: str) -> None:
+    run(
+        conn,
+        f"{patroni.PATRONICTL} switchover {shlex.quote(spec.name)} --leader "
+        f"{shlex.quote(leader)} --candidate {shlex.quote(candidate)} --force",
+        timeout=120,
+    )
+
+
+def stop_patroni(conn: Connection) -> None:
+    """systemctl stop: Patroni stops PostgreSQL and gives up the leader key."""
+    run(conn, "systemctl stop patroni", timeout=120)
+
+
+def kill_postgres(conn: Connection) -> None:
+    """kill -9 of the postmaster: Patroni restarts it (crash recovery) or fails over."""
+    run(
+        conn,
+        "kill -9 $(head -1 /var/lib/postgresql/15/patroni/postmaster.pid)",
+        timeout=30,
+    )
+
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+def check_fault(fault: str, allow_destructive: bool) -> None:
+    """Before anything is touched: a known fault, and consent for a destructive one."""
+    if fault not in FAULTS:
+        raise DrillRefused(f"unknown fault {fault!r}: choose one of {', '.join(FAULTS)}")
+    if fault in DESTRUCTIVE and not allow_destructive:
+        raise DrillRefused(
+            f"fault {fault} takes the primary down hard: rerun with --allow-destructive "
+            "(switchover is the planned one, and needs nothing)"
+        )
+
+
+def _members(ctx: StackContext, exclude: str | None = None) -> list[patroni.Member]:
+    """Patroni's view from the first database droplet (other than `exclude`) that answers."""
+    for host in ctx.with_role("postgres"):
+        if host.name == exclude:
+            continue
+        try:
+            with ctx.remote.connect(host) as conn:
+                return patroni.cluster(conn, host.private_ip)
+        except Exception:  # noqa: BLE001, S112 - ask the next one
+            continue
+    raise NotYet("no database droplet answers")
+
+
+def _healthy(ctx: StackContext, timeout: float) -> list[patroni.Member]:
+    host = ctx.with_role("postgres")[0]
+    expected = [n.name for n in ctx.spec.nodes_with("postgres")]
+    with ctx.remote.connect(host) as conn:
+        return patroni.wait_healthy(
+            conn, host.private_ip, expected, ctx.spec.synchronous_mode, timeout=timeout
+        )
+
+
+@task(name="precheck", cache_policy=NO_CACHE, retries=0)
+def precheck(ctx: StackContext) -> list[patroni.Member]:
+    """Healthy cluster and current archive, or DrillRefused saying why."""
+    try:
+        members = _healthy(ctx, timeout=30)
+    except patroni.PatroniError as e:
+        raise DrillRefused(f"the cluster is not healthy, so no drill: {e}") from None
+    leader = next(m for m in members if m.is_leader)
+    with ctx.remote.connect(ctx.host(leader.name)) as conn:
+        try:
+            wal.verify_archiving(conn, timeout=120)
+        except RuntimeError as e:
+            raise DrillRefused(f"archiving is not current, so no drill: {e}") from None
+        prepare_table(conn, ctx.spec)
+    return members
+
+
+@task(name="fault", cache_policy=NO_CACHE, retries=0)
+def inject(ctx: StackContext, fault: str, leader: Host, candidate: str) -> float:
+    """The fault; returns when it was injected (epoch seconds)."""
+    at = time.time()
+    if fault == "power-off":
+        droplets.call(
+            "powering the primary off",
+            ctx.do.droplet_actions.post,
+            droplet_id=leader.droplet_id,
+            body={"type": "power_off"},
+        )
+        ctx.remote.drop(leader)  # its connection is dead: never reuse it
+        return at
+    with ctx.remote.connect(leader) as conn:
+        if fault == "switchover":
+            switchover(conn, ctx.spec, leader.name, candidate)
+        elif fault == "stop-patroni":
+            stop_patroni(conn)
+        else:
+            kill_postgres(conn)
+    return at
+
+
+@task(name="new_leader", cache_policy=NO_CACHE, retries=0)
+def wait_leader(ctx: StackContext, old: str, fault: str, timeout: float = 180) -> float:
+    """A running leader (another one, unless the fault lets the old one keep its key);
+    returns when it was seen (epoch seconds)."""
+
+    def leader() -> str:
+        members = _members(ctx, exclude=old if fault == "power-off" else None)
+        lead = [m for m in members if m.is_leader and m.state == "running"]
+        if not lead or (fault != "kill-postgres" and lead[0].name == old):
+            raise NotYet(", ".join(f"{m.name} {m.role} {m.state}" for m in members))
+        return lead[0].name
+
+    try:
+        wait_until("a new leader", leader, timeout, every=0.2)
+    except WaitTimeout as e:
+        raise FailoverError(f"no leader took over in {timeout:.0f} s: {e.last}") from e
+    return time.time()
+
+
+@task(name="restore_member", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def put_back(ctx: StackContext, fault: str, old: Host) -> None:
+    """What the drill broke, repaired: the droplet powered on, Patroni started."""
+    if fault == "power-off":
+        droplets.call(
+            "powering the old primary on",
+            ctx.do.droplet_actions.post,
+            droplet_id=old.droplet_id,
+            body={"type": "power_on"},
+        )
+    elif fault == "stop-patroni":
+        with ctx.remote.connect(old) as conn:
+            run(conn, "systemctl start patroni", timeout=120)
+
+
+@task(name="healthy_again", cache_policy=NO_CACHE, retries=0)
+def wait_back(ctx: StackContext, fault_at: float) -> dict:
+    """The cluster healthy again (the old primary rejoined as a replica, or still leader
+    after a kill): the leader, its timeline, and the seconds since the fault."""
+    deadline = 300
+    while True:
+        try:
+            members = _healthy(ctx, timeout=deadline)
+            break
+        except patroni.PatroniError as e:
+            raise FailoverError(f"the cluster is not healthy again: {e}") from None
+        except Exception:  # noqa: BLE001 - the first droplet asked may be the one coming back
+            if time.time() - fault_at > deadline:
+                raise
+            time.sleep(2)
+    leader = next(m for m in members if m.is_leader)
+    return {
+        "leader": leader.name,
+        "timeline": leader.timeline,
+        "seconds": round(time.time() - fault_at, 1),
+    }
+
+
+@task(name="probe_start", cache_policy=NO_CACHE, retries=0)
+def probe_start(ctx: StackContext, web: Host, run_id: str) -> None:
+    with ctx.remote.connect(web) as conn:
+        start_probe(conn, run_id)
+
+
+@task(name="probe_stop", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def probe_stop(ctx: StackContext, web: Host, run_id: str) -> list[dict]:
+    with ctx.remote.connect(web) as conn:
+        return stop_probe(conn, run_id)
+
+
+@task(name="check_writes", cache_policy=NO_CACHE, retries=0)
+def check_writes(
+    ctx: StackContext, leader: str, run_id: str, record: list[dict]
+) -> tuple[list[str], str]:
+    """On the leader: the acknowledged writes that are missing (must be none), and a WAL
+    segment closed and archived (archiving survived the fault)."""
+    with ctx.remote.connect(ctx.host(leader)) as conn:
+        lost = lost_writes(conn, ctx.spec, run_id, record)
+        return lost, wal.verify_archiving(conn, timeout=180)

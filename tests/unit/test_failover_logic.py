@@ -1,0 +1,33 @@
+"""The failover drill's arithmetic on a probe record: the write gap is the longest stretch
+without an acknowledgement that ends after the fault began, and the chart marks it."""
+
+from __future__ import annotations
+
+from tasks.failover import timeline_chart, write_gap
+
+
+def _record(oks: list[tuple[float, bool]]) -> list[dict]:
+    return [
+        {"key": f"k{i}", "sent": t - 0.01, "done": t, "ok": ok} for i, (t, ok) in enumerate(oks)
+    ]
+
+
+def test_the_gap_is_the_longest_hole_after_the_fault_not_the_next_ack():
+    # The fault at t=1.0; writes go on until 1.2 (a switchover takes a while), then fail
+    # until 3.0; an earlier, shorter hole before the fault does not count.
+    rec = _record([(0.1, True), (0.5, True), (1.1, True), (1.2, True)])
+    rec += _record([(t / 10, False) for t in range(13, 30)])
+    rec += _record([(3.0, True), (3.05, True)])
+    gap = write_gap(rec, fault_at=1.0)
+    assert (gap.last_ack_before, gap.first_ack_after) == (1.2, 3.0)
+    assert round(gap.seconds, 2) == 1.8 and gap.failed == 17 and gap.acked == 6
+
+
+def test_no_ack_after_the_fault_is_no_gap_but_a_failure_to_report():
+    gap = write_gap(_record([(0.5, True), (1.5, False)]), fault_at=1.0)
+    assert gap.seconds is None and gap.last_ack_before == 0.5
+
+
+def test_the_chart_shows_acks_failures_and_the_fault():
+    chart = timeline_chart(_record([(0.0, True), (0.5, False), (1.0, True)]), 0.5, 0.25)
+    assert chart.splitlines()[1] == "#.|.#".replace(".", " ")
