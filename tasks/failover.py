@@ -73,12 +73,25 @@ def stop_probe(conn: Connection, run_id: str) -> list[dict]:
     run(
         conn,
         f"touch {shlex.quote(stop)}; for i in $(seq 100); do "
-        f"pgrep -f {shlex.quote(PROBE + ' ' + run_id)} >/dev/null || break; sleep 0.1; done",
+        # "[/]usr/...": the pattern does not match this shell's own command line.
+        f"pgrep -f {shlex.quote('[/]' + PROBE[1:] + ' ' + run_id)} >/dev/null || break; "
+        "sleep 0.1; done",
         timeout=60,
     )
     text = run(conn, f"cat {shlex.quote(out)}", timeout=60).stdout
     run(conn, f"rm -f {shlex.quote(out)} {shlex.quote(stop)}", timeout=30)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return parse_record(text)
+
+
+def parse_record(text: str) -> list[dict]:
+    """The probe's JSON lines; a last line caught half-written is left out."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 @dataclass(frozen=True)
@@ -314,6 +327,32 @@ def probe_start(ctx: StackContext, web: Host, run_id: str) -> None:
 def probe_stop(ctx: StackContext, web: Host, run_id: str) -> list[dict]:
     with ctx.remote.connect(web) as conn:
         return stop_probe(conn, run_id)
+
+
+@task(name="writes_again", cache_policy=NO_CACHE, retries=0)
+def wait_writes(
+    ctx: StackContext, web: Host, run_id: str, since: float, timeout: float = 120
+) -> float:
+    """Until the probe has a write acknowledged after `since` (the new leader seen):
+    a leader that holds the key is not yet one that commits (after a kill, Patroni
+    restarts PostgreSQL first). Returns when that acknowledgement came."""
+    out, _ = _paths(run_id)
+    with ctx.remote.connect(web) as conn:
+
+        def acked() -> float:
+            tail = run(conn, f"tail -n 40 {shlex.quote(out)}", warn=True, timeout=30).stdout
+            done = [r["done"] for r in parse_record(tail) if r["ok"]]
+            fresh = [t for t in done if t > since]
+            if not fresh:
+                raise NotYet(f"{len(done)} of the last 40 attempts acknowledged, none since")
+            return min(fresh)
+
+        try:
+            return wait_until("a write acknowledged after the fault", acked, timeout, every=0.5)
+        except WaitTimeout as e:
+            raise FailoverError(
+                f"no write acknowledged {timeout:.0f} s after the fault: {e.last}"
+            ) from e
 
 
 @task(name="check_writes", cache_policy=NO_CACHE, retries=0)
