@@ -37,11 +37,37 @@ def stack_status(
             "haproxy": {h.name: probes.haproxy_status(remote, h) for h in ctx.with_role("haproxy")},
             "backups": probes.backups_status(ctx),
         }
-    status["ok"] = (
-        not status["missing_droplets"]
-        and status["etcd"].get("ok", False)
-        and status["patroni"].get("ok", False)
-        and not any("error" in d for d in droplets)
-    )
+    status["problems"] = verdict(status)
+    status["ok"] = not status["problems"]
     get_run_logger().info("stack %s: %s", spec.name, "healthy" if status["ok"] else "NOT healthy")
     return status
+
+
+def verdict(status: dict) -> list[str]:
+    """Why the stack is not healthy ([] when it is): droplets missing or not answering,
+    etcd, Patroni, HAProxy not routing its primary port to the leader alone, and the
+    backup catalog (none, unreadable, or with problems)."""
+    problems = []
+    if status["missing_droplets"]:
+        problems.append(f"droplets missing or off: {', '.join(status['missing_droplets'])}")
+    problems += [f"{d['name']}: {d['error']}" for d in status["droplets"] if "error" in d]
+    for part in ("etcd", "patroni"):
+        if not status[part].get("ok", False):
+            found = status[part].get("problems") or [status[part].get("error", "no answer")]
+            problems += [f"{part}: {p}" for p in found]
+    leaders = [m["name"] for m in status["patroni"].get("members", []) if m["role"] == "leader"]
+    for host, backends in status["haproxy"].items():
+        if "error" in backends:
+            problems.append(f"haproxy on {host}: {backends['error']}")
+            continue
+        up = sorted(s for s, st in backends.get("primary", {}).items() if st == "UP")
+        if len(leaders) == 1 and up != leaders:
+            problems.append(f"haproxy on {host}: primary port routes to {up}, not {leaders}")
+    backups = status["backups"]
+    if "error" in backups:
+        problems.append(f"backups: {backups['error']}")
+    else:
+        if not backups["count"]:
+            problems.append("backups: none in the catalog")
+        problems += [f"backups: {p}" for p in backups.get("problems", [])]
+    return problems

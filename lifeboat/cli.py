@@ -402,6 +402,7 @@ def _moment(text: str) -> datetime.datetime:
 def _status_text(status: dict) -> str:
     """The status report for people: one line per droplet, member and backend."""
     out = [f"stack {status['stack']}: {'healthy' if status['ok'] else 'NOT HEALTHY'}"]
+    out += [f"  problem: {p}" for p in status.get("problems", [])]
     out.append("droplets:")
     for d in status["droplets"]:
         state = d.get("error") or ", ".join(
