@@ -132,7 +132,10 @@ def put(
     owner: str = "root:root",
 ) -> bool:
     """Place a file unless it is already there with the same content, mode and owner;
-    returns whether anything changed. Written to a temporary name, then renamed."""
+    returns whether anything changed. Written to a temporary name, then renamed. The
+    temporary file is created empty (umask 077) and given its final owner and mode before
+    any content is written into it: a secret is never readable beyond its final mode,
+    not even for a moment, and nothing is written when chown or chmod fails."""
     data = content.encode() if isinstance(content, str) else content
     digest = hashlib.sha256(data).hexdigest()
     q = shlex.quote(path)
@@ -142,12 +145,13 @@ def put(
         if sha == digest and perms == f"{int(mode, 8):o} {owner}":
             return False
     tmp = shlex.quote(f"{path}.lifeboat-new")
-    run(conn, f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0] or '/')}")
-    conn.put(io.BytesIO(data), f"{path}.lifeboat-new")
     run(
         conn,
-        f"chown {owner} {tmp} && chmod {mode} {tmp} && mv {tmp} {q}",
+        f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0] or '/')} && (umask 077 && : > {tmp})"
+        f" && chown {owner} {tmp} && chmod {mode} {tmp}",
     )
+    conn.put(io.BytesIO(data), f"{path}.lifeboat-new")  # an existing file keeps its mode
+    run(conn, f"mv {tmp} {q}")
     return True
 
 
