@@ -18,17 +18,32 @@ def _url(value: str) -> str:
 
 
 class DigitalOceanCredentials(Block):
-    """A DigitalOcean API token; `api_url` points at the lab's stand-in in tests."""
+    """A DigitalOcean API token; `api_url` points at the lab's stand-in in tests. The token
+    never travels over plain http unless `local_cloud` marks the endpoint as the local
+    cloud's stand-in (on a private address of this machine)."""
 
     _block_type_name = "Lifeboat DigitalOcean Credentials"
 
     token: SecretStr
     api_url: str = "https://api.digitalocean.com"
+    local_cloud: bool = Field(
+        default=False, description="The endpoint is the local cloud's: plain http allowed."
+    )
 
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
         return _url(value)
+
+    @model_validator(mode="after")
+    def _no_token_in_clear(self) -> DigitalOceanCredentials:
+        if self.api_url.startswith("http://") and not self.local_cloud:
+            raise ValueError(
+                f"api_url {self.api_url} is plain http: the API token would travel "
+                "unencrypted. Use https, or set local_cloud to true for the local cloud's "
+                "stand-in"
+            )
+        return self
 
 
 class SpacesCredentials(Block):

@@ -13,9 +13,9 @@ LAB_BLOCKS = "lab"
 def save_blocks(info: dict, name: str = LAB_BLOCKS) -> str:
     """Store (or refresh) the lab's API token, Spaces keys and SSH key under `name`. Host
     keys already pinned for droplets that still exist are kept."""
-    DigitalOceanCredentials(token=info["api_token"], api_url=info["api_url"]).save(
-        name, overwrite=True
-    )
+    DigitalOceanCredentials(
+        token=info["api_token"], api_url=info["api_url"], local_cloud=True
+    ).save(name, overwrite=True)
     s3 = info["spaces"]
     SpacesCredentials(
         access_key=s3["access_key"],

@@ -28,7 +28,7 @@ def stack_traces(do, stack: StackSpec) -> list[str]:
 def test_wrong_token_gives_a_clear_error_and_creates_nothing(do, lab, lab_blocks):
     # A complete set of credentials blocks whose token is wrong: the run opens all three
     # (a missing one is its own clear error, tests/integration/test_context_blocks.py).
-    DigitalOceanCredentials(token="not-the-token", api_url=lab["api_url"]).save(
+    DigitalOceanCredentials(token="not-the-token", api_url=lab["api_url"], local_cloud=True).save(
         "wrong-token", overwrite=True
     )
     for block in (SpacesCredentials, SSHIdentity):  # a new document, not the lab's

@@ -27,7 +27,9 @@ def unique(prefix: str) -> str:
 
 def test_credentials_round_trip(prefect_server: None) -> None:
     name = unique("do")
-    DigitalOceanCredentials(token=TOKEN, api_url="http://127.0.0.1:8080").save(name)
+    DigitalOceanCredentials(token=TOKEN, api_url="http://127.0.0.1:8080", local_cloud=True).save(
+        name
+    )
     loaded = DigitalOceanCredentials.load(name)
     assert loaded.token.get_secret_value() == TOKEN
     assert loaded.api_url == "http://127.0.0.1:8080"

@@ -37,7 +37,9 @@ def closed_port() -> int:
 
 def save_blocks(api_url: str) -> str:
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    DigitalOceanCredentials(token=SecretStr("dop_v1_test"), api_url=api_url).save(name)
+    DigitalOceanCredentials(
+        token=SecretStr("dop_v1_test"), api_url=api_url, local_cloud=api_url.startswith("http:")
+    ).save(name)
     SpacesCredentials(access_key="a", secret_key="s", region="nyc3").save(name)
     SSHIdentity(private_key="k", public_key="ssh-ed25519 AAAAC3Nz test").save(name)
     return name

@@ -59,3 +59,11 @@ def test_secret_block_name() -> None:
     assert secrets.secret_block_name("shop", "haproxy-stats") == "lifeboat-shop-haproxy-stats"
     with pytest.raises(ValueError, match="lowercase letters"):
         secrets.secret_block_name("shop", "Bad_Name")
+
+
+def test_the_token_never_goes_over_plain_http_unless_marked_as_the_local_cloud() -> None:
+    with pytest.raises(ValueError, match="plain http: the API token would travel unencrypted"):
+        DigitalOceanCredentials(token=TOKEN, api_url="http://api.example.test")
+    lab = DigitalOceanCredentials(token=TOKEN, api_url="http://198.18.0.1:8088", local_cloud=True)
+    assert lab.api_url == "http://198.18.0.1:8088"
+    assert not DigitalOceanCredentials(token=TOKEN, api_url="https://api.example.test").local_cloud
