@@ -39,6 +39,10 @@ drill_app = typer.Typer(
     help="Drills: prove that the backups restore and the cluster fails over.", no_args_is_help=True
 )
 app.add_typer(drill_app, name="drill")
+recover_app = typer.Typer(
+    help="Recovery runbooks: switchover, reinit a member.", no_args_is_help=True
+)
+app.add_typer(recover_app, name="recover")
 
 SPEC = typer.Option(..., "--spec", help="Stack spec (YAML), e.g. examples/article.yaml.")
 CREDENTIALS = typer.Option(
@@ -383,6 +387,43 @@ def drill_failover_cmd(
         f"{report['write_gap_s']} s, {report['acked_writes_lost']} acknowledged writes lost "
         f"({report['writes_acked']} acknowledged, {report['writes_failed']} failed); healthy "
         f"again after {report['healthy_again_s']} s"
+    )
+
+
+@_command(recover_app, "switchover")
+def recover_switchover_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    to: str = typer.Option(
+        None, "--to", help="The replica to promote (default: the sync standby)."
+    ),
+) -> None:
+    """Move the primary to another member, then verify (healthy, HAProxy, archive)."""
+    stack = _load_spec(spec)
+    _blocks(credentials)
+    from flows.recover import recover_switchover
+
+    result = _run(recover_switchover, stack, credentials, to)
+    typer.echo(
+        f"switchover of {stack.name}: {result['old_leader']} -> {result['leader']}; replicas "
+        f"{', '.join(result['replicas'])}; archived {result['archived']}"
+    )
+
+
+@_command(recover_app, "reinit")
+def recover_reinit_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    member: str = typer.Option(..., "--member", help="The replica to rebuild from the leader."),
+) -> None:
+    """Rebuild a replica's data directory from the leader, then verify."""
+    stack = _load_spec(spec)
+    _blocks(credentials)
+    from flows.recover import recover_reinit
+
+    result = _run(recover_reinit, stack, credentials, member)
+    typer.echo(
+        f"reinit of {result['member']} in {stack.name}: streaming again; leader {result['leader']}"
     )
 
 

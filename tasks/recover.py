@@ -1,0 +1,115 @@
+"""Recovery runbooks' pieces: a planned switchover to a chosen member, and a member's
+data directory rebuilt from the leader (reinit). Each refuses what Patroni would do
+wrong or not at all (a candidate that is not a healthy replica, reinit of the leader)
+before touching anything, and waits for the result it promised."""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lifeboat.waiting import NotYet, WaitTimeout, wait_until
+from tasks import haproxy, patroni, wal
+from tasks.failover import switchover
+from tasks.hosts import run
+
+if TYPE_CHECKING:
+    from tasks.context import StackContext
+
+
+class RecoverError(RuntimeError):
+    pass
+
+
+def pick_candidate(members: list[patroni.Member], to: str | None) -> tuple[str, str]:
+    """(leader, candidate): `to`, or the synchronous standby, or the healthiest replica.
+    A candidate must be a running replica of the cluster."""
+    leaders = [m.name for m in members if m.is_leader]
+    if len(leaders) != 1:
+        raise RecoverError(f"the cluster has {len(leaders)} leaders ({leaders}): no switchover")
+    replicas = [m for m in members if not m.is_leader and m.state in ("streaming", "running")]
+    names = ", ".join(m.name for m in replicas) or "none"
+    if to is not None:
+        if to == leaders[0]:
+            raise RecoverError(f"{to} is already the leader; replicas: {names}")
+        if to not in {m.name for m in replicas}:
+            raise RecoverError(f"{to} is not a running replica of the cluster; replicas: {names}")
+        return leaders[0], to
+    ordered = sorted(replicas, key=lambda m: (m.role != "sync_standby", m.lag or 0))
+    if not ordered:
+        raise RecoverError("no running replica to switch over to")
+    return leaders[0], ordered[0].name
+
+
+def _members(ctx: StackContext) -> list[patroni.Member]:
+    host = ctx.require_role("postgres")[0]
+    with ctx.remote.connect(host) as conn:
+        return patroni.cluster(conn, host.private_ip)
+
+
+def _verified(ctx: StackContext, leader: str, timeout: float = 180) -> dict:
+    """The cluster healthy, every HAProxy routing its primary port to `leader`, and a WAL
+    segment archived from it."""
+    pg_hosts = ctx.require_role("postgres")
+    members = patroni.verify(ctx.remote, pg_hosts, ctx.spec, timeout=timeout)
+    now = next(m.name for m in members if m.is_leader)
+    if now != leader:
+        raise RecoverError(f"the leader is {now}, not {leader}")
+    replicas = sorted(m.name for m in members if not m.is_leader)
+    for host in ctx.with_role("haproxy"):
+        with ctx.remote.connect(host) as conn:
+            haproxy.wait_backends(conn, leader, replicas, timeout=60)
+    with ctx.remote.connect(ctx.host(leader)) as conn:
+        archived = wal.verify_archiving(conn, timeout=180)
+    return {"leader": leader, "replicas": replicas, "archived": archived}
+
+
+@task(name="switchover", cache_policy=NO_CACHE, retries=0)
+def switch(ctx: StackContext, to: str | None) -> dict:
+    members = _members(ctx)
+    leader, candidate = pick_candidate(members, to)
+    with ctx.remote.connect(ctx.host(leader)) as conn:
+        switchover(conn, ctx.spec, leader, candidate)
+    result = _verified(ctx, candidate)
+    return {"old_leader": leader, **result}
+
+
+@task(name="reinit", cache_policy=NO_CACHE, retries=0)
+def reinit(ctx: StackContext, member: str) -> dict:
+    """`patronictl reinit`: the member's data directory is wiped and taken again from the
+    leader; refused for the leader itself (switch over first)."""
+    members = _members(ctx)
+    names = {m.name: m for m in members}
+    if member not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise RecoverError(f"{member} is not a member of the cluster; members: {known}")
+    if names[member].is_leader:
+        raise RecoverError(
+            f"{member} is the leader: switch over first (`lifeboat recover switchover`)"
+        )
+    host = ctx.host(member)
+    with ctx.remote.connect(host) as conn:
+        run(
+            conn,
+            f"{patroni.PATRONICTL} reinit {shlex.quote(ctx.spec.name)} {shlex.quote(member)}"
+            " --force --wait",
+            timeout=1800,
+        )
+
+        def rejoined() -> bool:
+            mine = next(
+                (m for m in patroni.cluster(conn, host.private_ip) if m.name == member), None
+            )
+            if mine is None or mine.state != "streaming":
+                raise NotYet(f"{member}: {mine.state if mine else 'not listed'}")
+            return True
+
+        try:
+            wait_until(f"{member} streaming again", rejoined, 600, every=1)
+        except WaitTimeout as e:
+            raise RecoverError(f"{member} did not rejoin after reinit: {e.last}") from e
+    leader = next(m.name for m in members if m.is_leader)
+    return {"member": member, **_verified(ctx, leader)}
