@@ -238,11 +238,11 @@ def restore_drill(
             raise
         finally:
             lap = time.monotonic()
+            if host is not None:
+                ctx.remote.forget(host)  # closed before its droplet goes
             try:
                 remove_scratch(ctx)
             finally:
-                if host is not None:
-                    ctx.remote.forget(host)
                 steps["destroy"] = time.monotonic() - lap
                 report["steps_s"] = {k: round(v, 1) for k, v in steps.items()}
                 report["total_s"] = round(time.monotonic() - t0, 1)

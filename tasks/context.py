@@ -20,6 +20,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import httpx
+import paramiko
 import pydo
 from fabric import Connection
 from pydantic import SecretStr
@@ -87,7 +88,10 @@ class Remote:
         with self._guard:
             conn = self._conns.pop(host.name, None)
         if conn is not None:
-            conn.close()
+            # The peer may be gone already (destroyed, powered off): closing its channels
+            # then fails (EOFError, socket errors), and there is nothing left to close.
+            with suppress(EOFError, OSError, paramiko.SSHException):
+                conn.close()
 
     def forget(self, host: Host) -> None:
         """Close the droplet's connection and drop its host key: for a droplet destroyed in
