@@ -151,7 +151,9 @@ def _parameters(ctx: StackContext, run: _Run, restart: bool) -> dict:
     params = patroni.apply_parameters(ctx.remote, ctx.with_role("postgres"), ctx.spec, restart)
     run.details["parameters"] = params
     run.steps["parameters"] = _changes(
-        _on("DCS", params["dcs_changed"]), _on("restarted", params["restarted"])
+        _on("DCS", params["dcs_changed"]),
+        _on("switched over", [params["switched_over"]] if params["switched_over"] else []),
+        _on("restarted", params["restarted"]),
     )
     if params["pending_restart"]:
         run.steps["parameters"] += (

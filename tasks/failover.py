@@ -161,15 +161,6 @@ def timeline_chart(record: list[dict], fault_at: float, width_s: float = 0.25) -
 # --- faults, on the primary over SSH (power-off goes through the DigitalOcean API) --------
 
 
-def switchover(conn: Connection, spec: StackSpec, leader: str, candidate: str) -> None:
-    run(
-        conn,
-        f"{patroni.PATRONICTL} switchover {shlex.quote(spec.name)} --leader "
-        f"{shlex.quote(leader)} --candidate {shlex.quote(candidate)} --force",
-        timeout=120,
-    )
-
-
 def stop_patroni(conn: Connection) -> None:
     """systemctl stop: Patroni stops PostgreSQL and gives up the leader key."""
     run(conn, "systemctl stop patroni", timeout=120)
@@ -252,7 +243,7 @@ def inject(ctx: StackContext, fault: str, leader: Host, candidate: str) -> float
         return at
     with ctx.remote.connect(leader) as conn:
         if fault == "switchover":
-            switchover(conn, ctx.spec, leader.name, candidate)
+            patroni.switchover(conn, ctx.spec, leader.name, candidate)
         elif fault == "stop-patroni":
             stop_patroni(conn)
         else:

@@ -304,6 +304,16 @@ def restart_order(members: list[Member], only_pending: bool = True) -> list[str]
     return [m.name for m in replicas] + [m.name for m in chosen if m.is_leader]
 
 
+def switchover(conn: Connection, spec: StackSpec, leader: str, candidate: str) -> None:
+    """A planned switchover (patronictl: it waits until the candidate leads)."""
+    run(
+        conn,
+        f"{PATRONICTL} switchover {shlex.quote(spec.name)} --leader "
+        f"{shlex.quote(leader)} --candidate {shlex.quote(candidate)} --force",
+        timeout=120,
+    )
+
+
 def restart_member(conn: Connection, spec: StackSpec, name: str) -> None:
     """Restart one member's PostgreSQL through its REST API (POST /restart waits for it)."""
     res = run(
@@ -508,7 +518,9 @@ def converge(
 def apply_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, restart: bool) -> dict:
     """Patch the DCS to the spec's dynamic configuration; wait until every member runs with
     each changed parameter or reports it pending a restart; with `restart`, restart the
-    pending members one at a time, replicas first, the leader last."""
+    pending members one at a time, replicas first. The leader is never restarted in
+    place: once the replicas are done, a switchover hands its role to the synchronous
+    standby (or another restarted replica), and it is restarted as a replica."""
     log = get_run_logger()
     first = hosts[0]
     expected = [h.name for h in hosts]
@@ -519,11 +531,21 @@ def apply_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, restart
         _wait_reloaded(remote, hosts, spec, {k: v for k, v in params.items() if v is not None})
     members = _live_pending(remote, hosts)
     pending = [m.name for m in members if m.pending_restart]
-    restarted = []
+    restarted: list[str] = []
+    switched = None
     if pending and restart:
         by_name = {h.name: h for h in hosts}
         for name in restart_order(members):
             with remote.connect(by_name[name]) as conn:
+                now = wait_healthy(
+                    conn, first.private_ip, expected, spec.synchronous_mode, timeout=300
+                )
+                if any(m.name == name and m.is_leader for m in now) and len(now) > 1:
+                    candidate = _successor(now, restarted)
+                    log.info("switching over %s -> %s before restarting it", name, candidate)
+                    switchover(conn, spec, name, candidate)
+                    switched = f"{name} -> {candidate}"
+                    wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, 300)
                 log.info("restarting %s (pending restart)", name)
                 restart_member(conn, spec, name)
                 wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, timeout=300)
@@ -540,7 +562,18 @@ def apply_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, restart
         "parameters": params,
         "pending_restart": pending,
         "restarted": restarted,
+        "switched_over": switched,
     }
+
+
+def _successor(members: list[Member], restarted: list[str]) -> str:
+    """Who takes over from a leader about to restart: the synchronous standby, else a
+    streaming replica, preferring one already restarted (it runs the new settings)."""
+    replicas = [m for m in members if not m.is_leader and m.state in ("streaming", "running")]
+    ordered = sorted(replicas, key=lambda m: (m.role != "sync_standby", m.name not in restarted))
+    if not ordered:
+        raise PatroniError("no running replica to hand the leader role to before its restart")
+    return ordered[0].name
 
 
 def _wait_reloaded(remote: Remote, hosts: list[Host], spec: StackSpec, wanted: dict) -> None:

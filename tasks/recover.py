@@ -13,7 +13,6 @@ from prefect.cache_policies import NO_CACHE
 
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import haproxy, patroni, wal
-from tasks.failover import switchover
 from tasks.hosts import run
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ def switch(ctx: StackContext, to: str | None) -> dict:
     members = _members(ctx)
     leader, candidate = pick_candidate(members, to)
     with ctx.remote.connect(ctx.host(leader)) as conn:
-        switchover(conn, ctx.spec, leader, candidate)
+        patroni.switchover(conn, ctx.spec, leader, candidate)
     result = _verified(ctx, candidate)
     return {"old_leader": leader, **result}
 

@@ -197,7 +197,13 @@ def test_restart_parameter_reported_then_applied_replicas_first(stack, lab, lab_
     result = cluster(spec, lab_blocks, restart=True)
     restarted = result["details"]["parameters"]["restarted"]
     assert sorted(restarted) == [h.name for h in db]
-    assert restarted[-1] == leader  # replicas first, the primary last
+    assert restarted[-1] == leader  # replicas first, the old leader last...
+    # ...and never in place: it handed its role over first.
+    assert result["details"]["parameters"]["switched_over"].startswith(f"{leader} -> ")
+    old_leader = leader
+    members = patroni_cluster(lab, db[0])["members"]
+    leader = next(m["name"] for m in members if m["role"] == "leader")
+    assert leader != old_leader
     assert result["pending_restart"] == []
     after = {n: e["postmaster_start"] for n, e in snapshot(lab, db).items()}
     assert all(after[n] != starts[n] for n in starts)

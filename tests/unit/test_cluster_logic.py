@@ -325,3 +325,16 @@ def test_remote_and_secrets_never_show_values():
     assert "Pw1secretvalue" not in repr(secrets) and "Pw1secretvalue" not in str(secrets)
     assert secrets["postgres-superuser"] == "Pw1secretvalue"
     assert secrets.reveal() == {"postgres-superuser": "Pw1secretvalue"}
+
+
+def test_the_leader_hands_over_to_the_sync_standby_before_its_restart():
+    members = [
+        patroni.Member("db-1", "leader", "running"),
+        patroni.Member("db-2", "replica", "streaming"),
+        patroni.Member("db-3", "sync_standby", "streaming"),
+    ]
+    assert patroni._successor(members, ["db-2", "db-3"]) == "db-3"
+    no_sync = [members[0], members[1], patroni.Member("db-3", "replica", "streaming")]
+    assert patroni._successor(no_sync, ["db-3"]) == "db-3"  # one that runs the new settings
+    with pytest.raises(patroni.PatroniError, match="no running replica"):
+        patroni._successor(members[:1], [])
