@@ -55,9 +55,9 @@ def failover_drill(
         record: list[dict] = []
         try:
             time.sleep(3)  # writes before the fault: the gap needs a last ack before it
-            fault_at = failover.inject(ctx, fault, old_host, candidate)
+            fault_at, injected = failover.inject(ctx, fault, old_host, candidate)
             leader_at = failover.wait_leader(ctx, old.name, fault)
-            failover.wait_writes(ctx, web, run_id, max(fault_at, leader_at))
+            failover.wait_writes(ctx, web, run_id, max(injected, leader_at))
             time.sleep(2)  # a little more: the gap is measured up to that first ack
         finally:
             record = failover.probe_stop(ctx, web, run_id)

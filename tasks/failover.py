@@ -229,8 +229,10 @@ def precheck(ctx: StackContext) -> list[patroni.Member]:
 
 
 @task(name="fault", cache_policy=NO_CACHE, retries=0)
-def inject(ctx: StackContext, fault: str, leader: Host, candidate: str) -> float:
-    """The fault; returns when it was injected (epoch seconds)."""
+def inject(ctx: StackContext, fault: str, leader: Host, candidate: str) -> tuple[float, float]:
+    """The fault; returns when it began and when the call that made it returned (epoch
+    seconds): the gap is measured from the first, new writes are awaited after the
+    second (a write acknowledged while a kill was on its way proves nothing)."""
     at = time.time()
     if fault == "power-off":
         droplets.call(
@@ -240,7 +242,7 @@ def inject(ctx: StackContext, fault: str, leader: Host, candidate: str) -> float
             body={"type": "power_off"},
         )
         ctx.remote.drop(leader)  # its connection is dead: never reuse it
-        return at
+        return at, time.time()
     with ctx.remote.connect(leader) as conn:
         if fault == "switchover":
             patroni.switchover(conn, ctx.spec, leader.name, candidate)
@@ -248,7 +250,7 @@ def inject(ctx: StackContext, fault: str, leader: Host, candidate: str) -> float
             stop_patroni(conn)
         else:
             kill_postgres(conn)
-    return at
+    return at, time.time()
 
 
 @task(name="new_leader", cache_policy=NO_CACHE, retries=0)
