@@ -305,13 +305,19 @@ def restart_order(members: list[Member], only_pending: bool = True) -> list[str]
 
 
 def switchover(conn: Connection, spec: StackSpec, leader: str, candidate: str) -> None:
-    """A planned switchover (patronictl: it waits until the candidate leads)."""
-    run(
+    """A planned switchover; PatroniError with patronictl's words when Patroni refused it
+    (patronictl exits 0 then: "Switchover failed, details: 412, ..."). "Status unknown"
+    is not a refusal: the caller waits for the new leader."""
+    res = run(
         conn,
         f"{PATRONICTL} switchover {shlex.quote(spec.name)} --leader "
         f"{shlex.quote(leader)} --candidate {shlex.quote(candidate)} --force",
+        warn=True,
         timeout=120,
     )
+    said = (res.stdout + res.stderr).strip()
+    if not res.ok or ("failed" in said.lower() and "Successfully switched over" not in said):
+        raise PatroniError(f"switchover {leader} -> {candidate} refused: {said[-500:]}")
 
 
 def restart_member(conn: Connection, spec: StackSpec, name: str) -> None:

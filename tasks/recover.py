@@ -23,9 +23,12 @@ class RecoverError(RuntimeError):
     pass
 
 
-def pick_candidate(members: list[patroni.Member], to: str | None) -> tuple[str, str]:
+def pick_candidate(
+    members: list[patroni.Member], to: str | None, synchronous: bool = False
+) -> tuple[str, str]:
     """(leader, candidate): `to`, or the synchronous standby, or the healthiest replica.
-    A candidate must be a running replica of the cluster."""
+    A candidate must be a running replica of the cluster; in synchronous mode Patroni
+    promotes only the synchronous standby (any other could lack acknowledged commits)."""
     leaders = [m.name for m in members if m.is_leader]
     if len(leaders) != 1:
         raise RecoverError(f"the cluster has {len(leaders)} leaders ({leaders}): no switchover")
@@ -36,6 +39,13 @@ def pick_candidate(members: list[patroni.Member], to: str | None) -> tuple[str, 
             raise RecoverError(f"{to} is already the leader; replicas: {names}")
         if to not in {m.name for m in replicas}:
             raise RecoverError(f"{to} is not a running replica of the cluster; replicas: {names}")
+        sync = [m.name for m in replicas if m.role == "sync_standby"]
+        if synchronous and to not in sync:
+            raise RecoverError(
+                f"{to} is not the synchronous standby ({', '.join(sync) or 'none'}): in "
+                "synchronous mode only it may take over, since only it holds every "
+                "acknowledged commit; name it, or leave --to out"
+            )
         return leaders[0], to
     ordered = sorted(replicas, key=lambda m: (m.role != "sync_standby", m.lag or 0))
     if not ordered:
@@ -69,9 +79,20 @@ def _verified(ctx: StackContext, leader: str, timeout: float = 180) -> dict:
 @task(name="switchover", cache_policy=NO_CACHE, retries=0)
 def switch(ctx: StackContext, to: str | None) -> dict:
     members = _members(ctx)
-    leader, candidate = pick_candidate(members, to)
+    leader, candidate = pick_candidate(members, to, ctx.spec.synchronous_mode)
     with ctx.remote.connect(ctx.host(leader)) as conn:
         patroni.switchover(conn, ctx.spec, leader, candidate)
+
+    def led_by_candidate() -> bool:
+        now = [m.name for m in _members(ctx) if m.is_leader]
+        if now != [candidate]:
+            raise NotYet(f"leader {now}")
+        return True
+
+    try:
+        wait_until(f"{candidate} to lead", led_by_candidate, 120, every=0.5)
+    except WaitTimeout as e:
+        raise RecoverError(f"{candidate} did not take over: {e.last}") from e
     result = _verified(ctx, candidate)
     return {"old_leader": leader, **result}
 

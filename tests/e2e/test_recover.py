@@ -16,11 +16,17 @@ pytestmark = pytest.mark.e2e
 MARK = "/var/lib/postgresql/15/patroni/lifeboat-reinit-check"
 
 
-def test_switchover_to_a_named_replica(stacks, lab_blocks):
+def test_switchover_to_the_named_sync_standby_and_not_to_another_replica(stacks, lab_blocks):
+    """Synchronous mode: only the synchronous standby holds every acknowledged commit, so
+    another replica is refused before anything is touched."""
     spec, _ = stack(stacks, "compact")
     members = healthy_cluster(spec, lab_blocks, timeout=240)
     old = leader(members).name
-    target = next(m.name for m in members if m.role == "replica")  # not the sync standby
+    other = next(m.name for m in members if m.role == "replica")
+    with pytest.raises(RecoverError, match="is not the synchronous standby"):
+        recover_switchover(spec, lab_blocks, other)
+    assert leader(cluster_members(spec, lab_blocks)).name == old
+    target = next(m.name for m in members if m.role == "sync_standby")
     result = recover_switchover(spec, lab_blocks, target)
     assert (result["old_leader"], result["leader"]) == (old, target)
     assert leader(cluster_members(spec, lab_blocks)).name == target

@@ -36,3 +36,9 @@ def test_no_switchover_without_exactly_one_leader_or_any_replica():
         pick_candidate(MEMBERS[1:], None)
     with pytest.raises(RecoverError, match="no running replica"):
         pick_candidate([MEMBERS[0], Member("db-2", "replica", "stopped")], None)
+
+
+def test_in_synchronous_mode_only_the_sync_standby_may_take_over():
+    assert pick_candidate(MEMBERS, "db-3", synchronous=True) == ("db-1", "db-3")
+    with pytest.raises(RecoverError, match=r"not the synchronous standby \(db-3\)"):
+        pick_candidate(MEMBERS, "db-2", synchronous=True)
