@@ -211,6 +211,14 @@ def _healthy(ctx: StackContext, timeout: float) -> list[patroni.Member]:
         )
 
 
+def _power(ctx: StackContext, host: Host, action: str) -> None:
+    """A droplet action through the DigitalOcean API ("power_off", "power_on")."""
+    what = f"{action.replace('_', ' ')} of {host.name}"
+    droplets.call(
+        what, ctx.do.droplet_actions.post, droplet_id=host.droplet_id, body={"type": action}
+    )
+
+
 @task(name="precheck", cache_policy=NO_CACHE, retries=0)
 def precheck(ctx: StackContext) -> list[patroni.Member]:
     """Healthy cluster and current archive, or DrillRefused saying why."""
@@ -235,12 +243,7 @@ def inject(ctx: StackContext, fault: str, leader: Host, candidate: str) -> tuple
     second (a write acknowledged while a kill was on its way proves nothing)."""
     at = time.time()
     if fault == "power-off":
-        droplets.call(
-            "powering the primary off",
-            ctx.do.droplet_actions.post,
-            droplet_id=leader.droplet_id,
-            body={"type": "power_off"},
-        )
+        _power(ctx, leader, "power_off")
         ctx.remote.drop(leader)  # its connection is dead: never reuse it
         return at, time.time()
     with ctx.remote.connect(leader) as conn:
@@ -276,12 +279,7 @@ def wait_leader(ctx: StackContext, old: str, fault: str, timeout: float = 180) -
 def put_back(ctx: StackContext, fault: str, old: Host) -> None:
     """What the drill broke, repaired: the droplet powered on, Patroni started."""
     if fault == "power-off":
-        droplets.call(
-            "powering the old primary on",
-            ctx.do.droplet_actions.post,
-            droplet_id=old.droplet_id,
-            body={"type": "power_on"},
-        )
+        _power(ctx, old, "power_on")
     elif fault == "stop-patroni":
         with ctx.remote.connect(old) as conn:
             run(conn, "systemctl start patroni", timeout=120)

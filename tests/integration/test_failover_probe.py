@@ -7,9 +7,7 @@ table. And the drill's arithmetic on such a record: the write gap and the chart.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,46 +16,31 @@ import pytest
 
 from tasks import failover
 from tasks.render import TEMPLATES
-from tests.integration.postgres import as_postgres
-from tests.integration.test_wal_agent import free_port
+from tests.integration.postgres import BIN, as_postgres, running_postgres
 
 pytestmark = pytest.mark.integration
-BIN = Path("/usr/lib/postgresql/15/bin")
 PROBE = TEMPLATES / "drill" / "write-probe.php"
 PASSWORD = "it's a 'secret' \\ with quotes"
 
 
 @pytest.fixture()
 def server() -> Iterator[tuple[Path, int]]:
-    base = Path(tempfile.mkdtemp(prefix="lifeboat-probe-"))
-    shutil.chown(base, "postgres", "postgres")
-    data, port = base / "data", free_port()
-    as_postgres(BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres", check=True)
-    with (data / "postgresql.conf").open("a") as f:
-        f.write(f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n")
-        f.write(f"port = {port}\n")
-    (data / "pg_hba.conf").write_text(
-        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
-    )
-    as_postgres(BIN / "pg_ctl", "-D", data, "-l", base / "pg.log", "-w", "start", check=True)
-    psql = [BIN / "psql", "-XAtq", "-h", base, "-p", str(port), "-U", "postgres", "-c"]
-    quoted = PASSWORD.replace("'", "''")
-    as_postgres(*psql, f"CREATE ROLE wp LOGIN PASSWORD '{quoted}'", check=True)
-    as_postgres(*psql, "CREATE DATABASE site OWNER wp", check=True)
-    as_postgres(
-        *psql[:-1],
-        "-d",
-        "site",
-        "-c",
-        f"CREATE TABLE {failover.TABLE} (key text PRIMARY KEY, run text NOT NULL,"
-        f" at timestamptz NOT NULL); ALTER TABLE {failover.TABLE} OWNER TO wp",
-        check=True,
-    )
-    try:
+    """Role wp (a password with quotes and a backslash), its database, the probe's table."""
+    with running_postgres("lifeboat-probe-") as (base, port):
+        psql = [BIN / "psql", "-XAtq", "-h", base, "-p", str(port), "-U", "postgres", "-c"]
+        quoted = PASSWORD.replace("'", "''")
+        as_postgres(*psql, f"CREATE ROLE wp LOGIN PASSWORD '{quoted}'", check=True)
+        as_postgres(*psql, "CREATE DATABASE site OWNER wp", check=True)
+        as_postgres(
+            *psql[:-1],
+            "-d",
+            "site",
+            "-c",
+            f"CREATE TABLE {failover.TABLE} (key text PRIMARY KEY, run text NOT NULL,"
+            f" at timestamptz NOT NULL); ALTER TABLE {failover.TABLE} OWNER TO wp",
+            check=True,
+        )
         yield base, port
-    finally:
-        as_postgres(BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_probe_records_every_attempt_and_rides_out_a_restart(server, tmp_path: Path):

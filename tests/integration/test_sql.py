@@ -5,10 +5,6 @@ Needs postgresql-15 and root (psql runs as postgres through runuser, as on a dro
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,16 +13,8 @@ import invoke
 import pytest
 
 from tasks import sql
-from tests.integration.postgres import as_postgres
+from tests.integration.postgres import BIN, running_postgres
 from tests.unit.test_sql import AWKWARD
-
-BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -41,29 +29,8 @@ class Server:
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     """Peer (trust) on its socket, a password over TCP on 127.0.0.1."""
-    if not (BIN / "initdb").exists():
-        pytest.fail("PostgreSQL is not installed: apt-get install -y postgresql-15")
-    base = Path(tempfile.mkdtemp(prefix="lifeboat-sql-"))
-    shutil.chown(base, "postgres", "postgres")
-    data, port = base / "data", free_port()
-    as_postgres(BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres", check=True)
-    with (data / "postgresql.conf").open("a") as f:
-        f.write(f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n")
-        f.write(f"port = {port}\n")
-    (data / "pg_hba.conf").write_text(
-        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
-    )
-    as_postgres(BIN / "pg_ctl", "-D", data, "-l", base / "pg.log", "-w", "start", check=True)
-    try:
+    with running_postgres("lifeboat-sql-") as (base, port):
         yield Server(base, port)
-    finally:
-        subprocess.run(
-            [BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
-            user="postgres",
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_rows_fields_and_awkward_sql_come_back_intact(server: Server):
