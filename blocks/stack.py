@@ -45,6 +45,7 @@ _RESERVED_PORTS = {
     8008: "patroni",
 }
 # Parameters the cluster depends on (replication, rewind, auth) or that Patroni sets itself.
+_GUC_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?")
 MANAGED_PARAMETERS = frozenset(
     {
         "wal_level",
@@ -59,6 +60,21 @@ MANAGED_PARAMETERS = frozenset(
         "ident_file",
         "data_directory",
         "config_file",
+        # Archiving and recovery: the WAL agent's commands, and what a restore sets.
+        "archive_mode",
+        "archive_command",
+        "archive_library",
+        "restore_command",
+        "primary_conninfo",
+        "primary_slot_name",
+        "recovery_target",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_xid",
+        "recovery_target_timeline",
+        "recovery_target_action",
+        "cluster_name",
     }
 )
 _PRIVATE_V4 = tuple(
@@ -127,11 +143,23 @@ class PostgresSpec(_Section):
     @field_validator("parameters")
     @classmethod
     def _parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
-        managed = sorted(MANAGED_PARAMETERS & value.keys())
+        bad = sorted(k for k in value if not _GUC_NAME.fullmatch(k))
+        if bad:
+            raise ValueError(
+                f"postgres.parameters: {', '.join(map(repr, bad))} not a PostgreSQL "
+                "parameter name (lowercase letters, digits, '_', one '.' for an extension's)"
+            )
+        if "archive_timeout" in value:
+            raise ValueError(
+                "postgres.parameters: archive_timeout is set by backup.archive_timeout: "
+                "move it there"
+            )
+        managed = sorted(k for k in value if k in MANAGED_PARAMETERS or k.startswith("ssl"))
         if managed:
             raise ValueError(
                 f"postgres.parameters: {', '.join(managed)} managed by Lifeboat/Patroni "
-                "(replication, pg_rewind and authentication depend on them): remove them"
+                "(replication, archiving, restores, TLS and authentication depend on them): "
+                "remove them"
             )
         return value
 

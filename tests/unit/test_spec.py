@@ -218,6 +218,26 @@ def test_managed_postgres_parameter() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("params", "why"),
+    [
+        ({"archive_command": "/bin/true"}, "archive_command managed by Lifeboat"),
+        ({"restore_command": "cp %f %p"}, "restore_command managed by Lifeboat"),
+        ({"ssl": "on", "ssl_ciphers": "x"}, "ssl, ssl_ciphers managed by Lifeboat"),
+        ({"recovery_target_time": "x"}, "recovery_target_time managed by Lifeboat"),
+        ({"archive_timeout": 30}, "set by backup.archive_timeout: move it there"),
+        ({"work_mem'; x": "1"}, "not a PostgreSQL parameter name"),
+        ({"Work_Mem": "1"}, "not a PostgreSQL parameter name"),
+    ],
+)
+def test_parameters_lifeboat_owns_and_bad_names_are_refused(params: dict, why: str) -> None:
+    rejected(why, postgres={"parameters": params})
+
+
+def test_an_extension_parameter_is_allowed() -> None:
+    assert spec(postgres={"parameters": {"pg_stat_statements.max": 5000}})
+
+
 def test_sync_mode_belongs_to_replication() -> None:
     rejected("move it there", patroni={"synchronous_mode": False})
 
