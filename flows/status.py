@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from blocks.stack import StackSpec
-from tasks import etcd, probes
+from tasks import etcd, haproxy, probes
 from tasks.context import StackContext, opened
 
 
@@ -60,7 +60,7 @@ def verdict(status: dict) -> list[str]:
         if "error" in backends:
             problems.append(f"haproxy on {host}: {backends['error']}")
             continue
-        up = sorted(s for s, st in backends.get("primary", {}).items() if st == "UP")
+        up = haproxy.up_servers(backends, "primary")
         if len(leaders) == 1 and up != leaders:
             problems.append(f"haproxy on {host}: primary port routes to {up}, not {leaders}")
     backups = status["backups"]

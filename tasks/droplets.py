@@ -260,12 +260,20 @@ def create_missing_droplets(
     return created
 
 
+def open_outbound() -> list[dict]:
+    """Outbound rules that let a droplet reach anything (tcp, udp, icmp)."""
+    everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
+    return [
+        {"protocol": proto, "ports": "0" if proto == "icmp" else "all", "destinations": everywhere}
+        for proto in ("tcp", "udp", "icmp")
+    ]
+
+
 def _firewalls(spec: StackSpec, droplets: list[dict], lb_id: str | None) -> list[dict]:
     """The stack's firewalls: SSH only from the admin CIDRs; cluster ports only from the
     VPC; HTTP to WordPress droplets only from the load balancer."""
     by_name = {d["name"]: d["id"] for d in droplets}
     vpc = {"addresses": [spec.vpc_cidr]}
-    everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
     ports = dict(VPC_PORTS)
     ports[str(spec.haproxy.primary_port)] = "HAProxy primary"
     ports[str(spec.haproxy.replica_port)] = "HAProxy replicas"
@@ -273,10 +281,7 @@ def _firewalls(spec: StackSpec, droplets: list[dict], lb_id: str | None) -> list
     inbound = [{"protocol": "tcp", "ports": "22", "sources": {"addresses": spec.admin_cidrs}}]
     inbound += [{"protocol": "tcp", "ports": p, "sources": vpc} for p in sorted(ports)]
     inbound.append({"protocol": "icmp", "ports": "0", "sources": vpc})
-    outbound = [
-        {"protocol": proto, "ports": "0" if proto == "icmp" else "all", "destinations": everywhere}
-        for proto in ("tcp", "udp", "icmp")
-    ]
+    outbound = open_outbound()
     walls = [
         {
             "name": spec.resource_name,

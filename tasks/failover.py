@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import droplets, patroni, sql, wal
+from tasks import backup, droplets, patroni, sql, wal
 from tasks.hosts import Host, put, run
 from tasks.render import TEMPLATES
 
@@ -190,25 +190,17 @@ def check_fault(fault: str, allow_destructive: bool) -> None:
 
 
 def _members(ctx: StackContext, exclude: str | None = None) -> list[patroni.Member]:
-    """Patroni's view from the first database droplet (other than `exclude`) that answers."""
-    for host in ctx.with_role("postgres"):
-        if host.name == exclude:
-            continue
-        try:
-            with ctx.remote.connect(host) as conn:
-                return patroni.cluster(conn, host.private_ip)
-        except Exception:  # noqa: BLE001, S112 - ask the next one
-            continue
-    raise NotYet("no database droplet answers")
+    """Patroni's view from the first database droplet (other than `exclude`) that answers
+    (`backup.members`); NotYet while none does."""
+    hosts = [h for h in ctx.with_role("postgres") if h.name != exclude]
+    try:
+        return backup.members(ctx.remote, hosts)
+    except backup.BackupError as e:
+        raise NotYet(str(e)) from None
 
 
 def _healthy(ctx: StackContext, timeout: float) -> list[patroni.Member]:
-    host = ctx.with_role("postgres")[0]
-    expected = [n.name for n in ctx.spec.nodes_with("postgres")]
-    with ctx.remote.connect(host) as conn:
-        return patroni.wait_healthy(
-            conn, host.private_ip, expected, ctx.spec.synchronous_mode, timeout=timeout
-        )
+    return patroni.verify(ctx.remote, ctx.with_role("postgres"), ctx.spec, timeout=timeout)
 
 
 def _power(ctx: StackContext, host: Host, action: str) -> None:

@@ -114,14 +114,16 @@ def parse_stat(csv_text: str) -> dict[str, dict[str, str]]:
     return backends
 
 
+def up_servers(backends: dict[str, dict[str, str]], backend: str) -> list[str]:
+    return sorted(s for s, st in backends.get(backend, {}).items() if st == "UP")
+
+
 def assess_backends(
     backends: dict[str, dict[str, str]], leader: str, replicas: list[str]
 ) -> list[str]:
     """Only the leader UP in `primary`; exactly the streaming replicas UP in `replicas`."""
     problems = []
-    up = {
-        p: sorted(s for s, st in servers.items() if st == "UP") for p, servers in backends.items()
-    }
+    up = {p: up_servers(backends, p) for p in backends}
     if up.get("primary") != [leader]:
         problems.append(f"primary backend has {up.get('primary', [])} UP, expected [{leader}]")
     if up.get("replicas") != sorted(replicas):

@@ -6,13 +6,14 @@ before touching anything, and waits for the result it promised."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import haproxy, patroni, wal
+from tasks import backup, haproxy, patroni, wal
 from tasks.hosts import run
 
 if TYPE_CHECKING:
@@ -54,9 +55,7 @@ def pick_candidate(
 
 
 def _members(ctx: StackContext) -> list[patroni.Member]:
-    host = ctx.require_role("postgres")[0]
-    with ctx.remote.connect(host) as conn:
-        return patroni.cluster(conn, host.private_ip)
+    return backup.members(ctx.remote, ctx.require_role("postgres"))
 
 
 def _verified(ctx: StackContext, leader: str, timeout: float = 180) -> dict:
@@ -76,6 +75,35 @@ def _verified(ctx: StackContext, leader: str, timeout: float = 180) -> dict:
     return {"leader": leader, "replicas": replicas, "archived": archived}
 
 
+def _await(
+    ctx: StackContext,
+    what: str,
+    wrong: Callable[[list[patroni.Member]], str | None],
+    timeout: float = 600,
+) -> None:
+    """Poll Patroni's view until `wrong` finds nothing wrong; RecoverError saying what."""
+
+    def settled() -> bool:
+        why = wrong(_members(ctx))
+        if why:
+            raise NotYet(why)
+        return True
+
+    try:
+        wait_until(what, settled, timeout, every=0.5)
+    except WaitTimeout as e:
+        raise RecoverError(f"not {what} after {timeout:.0f} s: {e.last}") from e
+
+
+def _not_streaming(members: list[patroni.Member], name: str) -> str | None:
+    mine = next((m for m in members if m.name == name), None)
+    return (
+        None
+        if mine and mine.state == "streaming"
+        else f"{name}: {mine.state if mine else 'not listed'}"
+    )
+
+
 @task(name="switchover", cache_policy=NO_CACHE, retries=0)
 def switch(ctx: StackContext, to: str | None) -> dict:
     members = _members(ctx)
@@ -83,16 +111,12 @@ def switch(ctx: StackContext, to: str | None) -> dict:
     with ctx.remote.connect(ctx.host(leader)) as conn:
         patroni.switchover(conn, ctx.spec, leader, candidate)
 
-    def led_by_candidate() -> bool:
-        now = [m.name for m in _members(ctx) if m.is_leader]
-        if now != [candidate]:
-            raise NotYet(f"leader {now}")
-        return True
-
-    try:
-        wait_until(f"{candidate} to lead", led_by_candidate, 120, every=0.5)
-    except WaitTimeout as e:
-        raise RecoverError(f"{candidate} did not take over: {e.last}") from e
+    _await(
+        ctx,
+        f"{candidate} leading",
+        lambda ms: None if [m.name for m in ms if m.is_leader] == [candidate] else "not yet",
+        timeout=120,
+    )
     result = _verified(ctx, candidate)
     return {"old_leader": leader, **result}
 
@@ -119,17 +143,6 @@ def reinit(ctx: StackContext, member: str) -> dict:
             timeout=1800,
         )
 
-        def rejoined() -> bool:
-            mine = next(
-                (m for m in patroni.cluster(conn, host.private_ip) if m.name == member), None
-            )
-            if mine is None or mine.state != "streaming":
-                raise NotYet(f"{member}: {mine.state if mine else 'not listed'}")
-            return True
-
-        try:
-            wait_until(f"{member} streaming again", rejoined, 600, every=1)
-        except WaitTimeout as e:
-            raise RecoverError(f"{member} did not rejoin after reinit: {e.last}") from e
+    _await(ctx, f"{member} streaming again after reinit", lambda ms: _not_streaming(ms, member))
     leader = next(m.name for m in members if m.is_leader)
     return {"member": member, **_verified(ctx, leader)}

@@ -12,7 +12,7 @@ import pydo
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks.droplets import CloudError, call, ensure_ssh_key, ensure_vpc, paged
+from tasks.droplets import CloudError, call, ensure_ssh_key, ensure_vpc, open_outbound, paged
 from tasks.hosts import Host
 
 
@@ -41,7 +41,6 @@ def remove(do: pydo.Client, spec: StackSpec, timeout: float = 180) -> list[str]:
 
 
 def _ensure_firewall(do: pydo.Client, spec: StackSpec) -> None:
-    everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
     want = {
         "name": spec.drill_firewall_name,
         "tags": [spec.drill_tag],
@@ -49,10 +48,7 @@ def _ensure_firewall(do: pydo.Client, spec: StackSpec) -> None:
         "inbound_rules": [
             {"protocol": "tcp", "ports": "22", "sources": {"addresses": spec.admin_cidrs}}
         ],
-        "outbound_rules": [
-            {"protocol": p, "ports": "0" if p == "icmp" else "all", "destinations": everywhere}
-            for p in ("tcp", "udp", "icmp")
-        ],
+        "outbound_rules": open_outbound(),
     }
     if not any(f["name"] == want["name"] for f in paged(do.firewalls.list, "firewalls")):
         call(f"creating firewall {want['name']}", do.firewalls.create, body=want)
