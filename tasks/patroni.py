@@ -236,9 +236,16 @@ def assess_cluster(
     return problems
 
 
-def cluster(conn: Connection, ip: str) -> list[Member]:
-    data = get_json(conn, ip, "/cluster")
-    return parse_cluster(data) if data else []
+def cluster(conn: Connection, *ips: str) -> list[Member]:
+    """/cluster from the first of `ips` whose Patroni answers with members: a member
+    that is stopped or has just started (its REST API up before it has read the DCS)
+    answers nothing or an empty list, and must not read as "no cluster"."""
+    for ip in ips:
+        data = get_json(conn, ip, "/cluster")
+        members = parse_cluster(data) if data else []
+        if members:
+            return members
+    return []
 
 
 def live_lags(conn: Connection, members: list[Member]) -> dict[str, int | None]:
@@ -272,13 +279,13 @@ def with_live_lag(conn: Connection, members: list[Member]) -> list[Member]:
 
 
 def wait_healthy(
-    conn: Connection, ip: str, expected: list[str], synchronous: bool, timeout: float = 300
+    conn: Connection, ips: list[str], expected: list[str], synchronous: bool, timeout: float = 300
 ) -> list[Member]:
-    """Poll /cluster (through member `ip`) until `assess_cluster` finds nothing wrong,
-    with every replica caught up by its live lag."""
+    """Poll /cluster (asking the members at `ips` in turn) until `assess_cluster` finds
+    nothing wrong, with every replica caught up by its live lag."""
 
     def healthy() -> list[Member]:
-        members = cluster(conn, ip)
+        members = cluster(conn, *ips)
         if members:
             members = with_live_lag(conn, members)
         problems = assess_cluster(members, expected, synchronous)
@@ -502,21 +509,20 @@ def converge(
             report.reloaded.append(host.name)
     to_restart = {h.name for h in running if configured[h.name]["unit_changed"]}
     expected = [h.name for h in hosts]
+    ips = [h.private_ip for h in hosts]
     if to_restart:
         with remote.connect(first) as conn:
-            members = wait_healthy(
-                conn, first.private_ip, expected, spec.synchronous_mode, timeout=420
-            )
+            members = wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=420)
         by_name = {h.name: h for h in hosts}
         for name in restart_order(members, only_pending=False):
             if name not in to_restart:
                 continue
             with remote.connect(by_name[name]) as conn:
                 restart_service(conn)
-                wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, timeout=300)
+                wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=300)
             report.restarted.append(name)
     with remote.connect(first) as conn:
-        members = wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, timeout=420)
+        members = wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=420)
     return {"report": report.__dict__, "members": [m.__dict__ for m in members]}
 
 
@@ -530,6 +536,7 @@ def apply_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, restart
     log = get_run_logger()
     first = hosts[0]
     expected = [h.name for h in hosts]
+    ips = [h.private_ip for h in hosts]
     with remote.connect(first) as conn:
         patch = apply_dynamic(conn, spec)
     params = changed_parameters(patch)
@@ -543,18 +550,16 @@ def apply_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, restart
         by_name = {h.name: h for h in hosts}
         for name in restart_order(members):
             with remote.connect(by_name[name]) as conn:
-                now = wait_healthy(
-                    conn, first.private_ip, expected, spec.synchronous_mode, timeout=300
-                )
+                now = wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=300)
                 if any(m.name == name and m.is_leader for m in now) and len(now) > 1:
                     candidate = _successor(now, restarted)
                     log.info("switching over %s -> %s before restarting it", name, candidate)
                     switchover(conn, spec, name, candidate)
                     switched = f"{name} -> {candidate}"
-                    wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, 300)
+                    wait_healthy(conn, ips, expected, spec.synchronous_mode, 300)
                 log.info("restarting %s (pending restart)", name)
                 restart_member(conn, spec, name)
-                wait_healthy(conn, first.private_ip, expected, spec.synchronous_mode, timeout=300)
+                wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=300)
             restarted.append(name)
         pending = [m.name for m in _live_pending(remote, hosts) if m.pending_restart]
     elif pending:
@@ -625,7 +630,7 @@ def _live_pending(remote: Remote, hosts: list[Host]) -> list[Member]:
     """Members with roles from /cluster and pending_restart from each member's own
     GET /patroni (the copy in the DCS lags by up to a loop)."""
     with remote.connect(hosts[0]) as conn:
-        members = cluster(conn, hosts[0].private_ip)
+        members = cluster(conn, *[h.private_ip for h in hosts])
     live = {}
     for host in hosts:
         with remote.connect(host) as conn:
@@ -648,5 +653,9 @@ def verify(remote: Remote, hosts: list[Host], spec: StackSpec, timeout: float = 
     """The cluster as it is now: one leader, every replica streaming with zero lag."""
     with remote.connect(hosts[0]) as conn:
         return wait_healthy(
-            conn, hosts[0].private_ip, [h.name for h in hosts], spec.synchronous_mode, timeout
+            conn,
+            [h.private_ip for h in hosts],
+            [h.name for h in hosts],
+            spec.synchronous_mode,
+            timeout,
         )

@@ -124,13 +124,14 @@ def stack(stacks: dict, name: str) -> tuple[StackSpec, dict]:
 
 
 def cluster_members(spec: StackSpec, credentials: str) -> list[patroni.Member]:
-    """Patroni's view of the stack's cluster, asked on its first database droplet."""
+    """Patroni's view of the stack's cluster, from the first database droplet that
+    answers (one whose Patroni is stopped or just starting answers nothing)."""
     from tasks import context as rm
 
     hosts, remote = rm.load(spec, credentials)
-    db = next(h for h in hosts if "postgres" in h.roles)
-    with remote.connect(db) as conn:
-        return patroni.cluster(conn, db.private_ip)
+    db = [h for h in hosts if "postgres" in h.roles]
+    with remote.connect(db[0]) as conn:
+        return patroni.cluster(conn, *[h.private_ip for h in db])
 
 
 def leader(members: list[patroni.Member]) -> patroni.Member:
@@ -147,12 +148,12 @@ def healthy_cluster(
     from tasks import context as rm
 
     hosts, remote = rm.load(spec, credentials)
-    db = next(h for h in hosts if "postgres" in h.roles)
+    db = [h for h in hosts if "postgres" in h.roles]
     expected = [n.name for n in spec.nodes_with("postgres")]
-    with remote.connect(db) as conn:
+    with remote.connect(db[0]) as conn:
         try:
             return patroni.wait_healthy(
-                conn, db.private_ip, expected, spec.synchronous_mode, timeout=timeout
+                conn, [h.private_ip for h in db], expected, spec.synchronous_mode, timeout
             )
         except patroni.PatroniError as e:
             pytest.fail(str(e))

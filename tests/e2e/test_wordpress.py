@@ -248,11 +248,11 @@ def test_health_recovers_after_switchover_without_touching_web(
     assert leader(cluster_members(spec, lab_blocks)).name == candidate
     try:
         assert {h.name: started_at(remote, h) for h in web} == before, "web droplets touched"
-        first = next(h for h in hosts if "postgres" in h.roles)
-        with remote.connect(first) as conn:
+        db = [h for h in hosts if "postgres" in h.roles]
+        with remote.connect(db[0]) as conn:
             patroni.wait_healthy(
                 conn,
-                first.private_ip,
+                [h.private_ip for h in db],
                 [n.name for n in spec.nodes_with("postgres")],
                 spec.synchronous_mode,
                 timeout=180,
