@@ -43,6 +43,11 @@ recover_app = typer.Typer(
     help="Recovery runbooks: switchover, reinit a member.", no_args_is_help=True
 )
 app.add_typer(recover_app, name="recover")
+server_app = typer.Typer(
+    help="A Prefect server that stays up: every lifeboat command records its runs there.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
 
 SPEC = typer.Option(..., "--spec", help="Stack spec (YAML), e.g. examples/article.yaml.")
 CREDENTIALS = typer.Option(
@@ -51,7 +56,7 @@ CREDENTIALS = typer.Option(
     help="Name of the credentials blocks to use (`lifeboat lab blocks` saves the local "
     "cloud's as `lab`).",
 )
-_STATE = {"debug": False}
+_STATE: dict[str, Any] = {"debug": False, "server": None}
 
 
 @app.callback()
@@ -64,6 +69,10 @@ def _main(
     ),
 ) -> None:
     _STATE["debug"] = debug
+    from lifeboat import server
+
+    # Before Prefect is imported: its settings are read then.
+    _STATE["server"] = server.use_running()
 
 
 class BadInput(Exception):
@@ -175,6 +184,12 @@ def _run(flow: Any, *args: Any) -> Any:  # noqa: ANN401 - a Prefect flow and its
     """Run a runbook; its exception becomes RunbookFailed (with --debug: raised as is)."""
     if not _STATE["debug"]:
         _quiet_console()
+    if _STATE["server"] is None and not os.environ.get("PREFECT_API_URL"):
+        typer.echo(
+            "note: no Lifeboat server is running, so Prefect starts a temporary one for this "
+            "command (`lifeboat server start` keeps one up, with its UI)",
+            err=True,
+        )
     state = flow(*args, return_state=True)
     try:
         return state.result()
@@ -270,14 +285,105 @@ def backup_health_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None
 
 @_command(app, "serve")
 def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
-    """Serve the stack's scheduled runbooks (nightly backup, health checks) until stopped."""
+    """Serve the stack's runbooks from this process until stopped: the deployments of
+    deployments/prefect.yaml, scheduled ones on their schedules, one run at a time."""
     stack = _load_spec(spec)
+    _need_server()
     _blocks(credentials)
+    _save_spec_block(stack)
     from prefect import serve
 
-    from flows.serve import deployments
+    from flows.service import deployments
 
-    serve(*deployments(stack, credentials))
+    # limit=1: one runbook at a time touches the stack (the work queue's limit, when deployed).
+    serve(*deployments(stack, credentials), limit=1, pause_on_shutdown=False)
+
+
+@_command(app, "deploy")
+def deploy_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
+    """Register the stack's runbooks as deployments on the running server (`prefect deploy
+    --all` with deployments/prefect.yaml); a process worker runs them:
+    `prefect worker start --pool lifeboat`."""
+    stack = _load_spec(spec)
+    _need_server()
+    _blocks(credentials)
+    _save_spec_block(stack)
+    from flows import service
+
+    names = service.deploy(stack, credentials)
+    typer.echo(f"deployed {len(names)} runbooks of stack {stack.name} to work pool lifeboat:")
+    for name in names:
+        typer.echo(f"  {name}")
+
+
+def _need_server() -> None:
+    if not os.environ.get("PREFECT_API_URL"):
+        raise BadInput(
+            "no Lifeboat server is running, and deployments need one: `lifeboat server start`"
+        )
+
+
+def _save_spec_block(stack: Any) -> None:  # noqa: ANN401 - StackSpec, imported lazily
+    """Store the spec as the block deployments name (`lifeboat-stack-spec/<name>`)."""
+    from blocks.stack import StackSpecBlock
+
+    StackSpecBlock(spec=stack).save(stack.name, overwrite=True)
+
+
+@_command(server_app, "start")
+def server_start(
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (droplets post events to it)."
+    ),
+    port: int = typer.Option(4200, "--port"),
+    database_url: str = typer.Option(
+        None,
+        "--database-url",
+        envvar="LIFEBOAT_SERVER_DATABASE_URL",
+        help="PostgreSQL for Prefect's own database (default: SQLite in the state "
+        "directory), e.g. postgresql+asyncpg://prefect:PASSWORD@db.example/prefect. "
+        "Never the cluster Lifeboat recovers.",
+    ),
+) -> None:
+    """Start a Prefect server that stays up (state in $LIFEBOAT_HOME, default ~/.lifeboat)."""
+    from lifeboat import server
+
+    was = server.running()
+    try:
+        info = server.start(host, port, database_url)
+    except server.ServerError as exc:
+        raise BadInput(str(exc)) from None
+    typer.echo(f"{'already running' if was else 'started'}: {_server_line(info)}")
+
+
+@_command(server_app, "status")
+def server_status() -> None:
+    """Where the server is and whether it answers; exit 1 when none is running."""
+    from lifeboat import server
+
+    info = server.running()
+    if info is None:
+        typer.echo("no Lifeboat server is running: `lifeboat server start`")
+        raise typer.Exit(1)
+    typer.echo(f"running: {_server_line(info)}")
+
+
+@_command(server_app, "stop")
+def server_stop() -> None:
+    """Stop the server; its database stays, and the next start carries on from it."""
+    from lifeboat import server
+
+    info = server.stop()
+    typer.echo(f"stopped (pid {info.pid})" if info else "no Lifeboat server was running")
+
+
+def _server_line(info: Any) -> str:  # noqa: ANN401 - server.ServerInfo
+    from lifeboat import server
+
+    return (
+        f"UI {info.ui_url}, API {info.api_url}, pid {info.pid}, database {info.database}, "
+        f"state {server.home()}"
+    )
 
 
 @_command(app, "provision")

@@ -4,9 +4,14 @@ whole lab down and up run last."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from lifeboat.server import ServerInfo
 
 # Modules that share the session's example stacks run after the other e2e modules (whose
 # own stacks come and go: the lab's droplet limit is 25), in this order; the secret scan
@@ -28,22 +33,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A real, throwaway Prefect server (SQLite in a temp dir) for block round trips."""
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    """The session's Prefect server: a Lifeboat server (`lifeboat server start`, the one
+    the demo and operators run) on a throwaway PostgreSQL, in its own LIFEBOAT_HOME, for
+    block round trips, runbook runs, deployments and workers alike. It listens on every
+    address so the lab's droplets can post events to it through the lab gateway."""
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with pytest.MonkeyPatch.context() as mp:
-        # No network here; and a private PREFECT_HOME so concurrent test processes never
-        # migrate the same database at once (FIELD-NOTES).
-        home = tmp_path_factory.mktemp("prefect-home")
+    from lifeboat import server
+    from tests.integration.postgres import BIN, as_postgres, free_port, running_postgres
+
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        running_postgres("lifeboat-prefect-db-") as (
+            sock,
+            pg_port,
+        ),
+    ):
+        password = secrets.token_hex(16)
+        psql = [BIN / "psql", "-h", sock, "-p", pg_port, "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
+        as_postgres(*psql, "-c", f"ALTER ROLE postgres PASSWORD '{password}'", check=True)
+        as_postgres(*psql, "-c", "CREATE DATABASE prefect", check=True)
+        mp.setenv("LIFEBOAT_HOME", str(tmp_path_factory.mktemp("lifeboat-home")))
         mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        mp.setenv("PREFECT_HOME", str(home))
-        updates = {PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_HOME: str(home)}
-        # A loaded 2-core machine can take longer than the default 30 s to start it.
-        with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=180):
-            yield
+        mp.delenv("PREFECT_API_URL", raising=False)
+        url = f"postgresql+asyncpg://postgres:{password}@127.0.0.1:{pg_port}/prefect"
+        info = server.start("0.0.0.0", free_port(), url)  # noqa: S104 - see the docstring
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: info.api_url}):
+                yield info
+                # Logs still queued go now: after the server stops, the handler would
+                # retry them for a minute at exit.
+                APILogWorker.drain_all()
+        finally:
+            server.stop()

@@ -13,7 +13,7 @@ from fabric import Connection
 
 from blocks.stack import StackSpec
 from lab import lifecycle
-from lifeboat.waiting import WaitTimeout, wait_until
+from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import digitalocean, patroni
 
 EXAMPLES = ("article", "compact")
@@ -183,3 +183,93 @@ def power_on(do: pydo.Client, droplet_id: int) -> None:
         timeout=120,
         every=1,
     )
+
+
+@pytest.fixture(scope="session")
+def deployed(
+    stacks: dict, lab_blocks: str, prefect_server, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """The compact stack's runbooks deployed to the session's server the way an operator
+    does it: its spec block saved, then `prefect deploy --all` with deployments/prefect.yaml
+    from a clean clone of this repository (the committed code). Schedules are paused
+    afterwards: no scheduled drill may start in the middle of other tests."""
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+
+    from blocks.stack import StackSpecBlock
+    from flows import service
+
+    spec, _ = stack(stacks, "compact")
+    StackSpecBlock(spec=spec).save(spec.name, overwrite=True)
+    clone = tmp_path_factory.mktemp("clone") / "lifeboat"
+    subprocess.run(["git", "clone", "-q", str(service.ROOT), str(clone)], check=True, timeout=120)
+    env = {
+        **os.environ,
+        **service.environment(spec, lab_blocks),
+        "LIFEBOAT_CHECKOUT": str(clone),
+        "PREFECT_API_URL": prefect_server.api_url,
+    }
+    service.ensure_work_queue(spec)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
+        + ["--prefect-file", "deployments/prefect.yaml"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        found = {
+            d.name: d for d in client.read_deployments() if f"stack:{spec.name}" in (d.tags or [])
+        }
+        for d in found.values():
+            for sched in d.schedules:
+                client.update_deployment_schedule(d.id, sched.id, active=False)
+    return {"spec": spec, "clone": clone, "deployments": found, "output": done.stdout}
+
+
+@pytest.fixture(scope="session")
+def worker(deployed: dict, prefect_server, tmp_path_factory: pytest.TempPathFactory):
+    """A process worker on the "lifeboat" pool, as an operator starts one."""
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "lifeboat"]
+            + ["--type", "process", "--name", "e2e"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield {"pid": proc.pid, "log": log}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def wait_flow_run(flow_run_id, timeout: float = 600) -> object:
+    """The flow run once it is final (Completed, Failed, Crashed, Cancelled)."""
+    from prefect.client.orchestration import get_client
+
+    def final():
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+        if run.state is None or not run.state.is_final():
+            raise NotYet(f"flow run {run.name} is {run.state.name if run.state else 'new'}")
+        return run
+
+    return wait_for(f"flow run {flow_run_id} to finish", final, timeout=timeout, every=2)

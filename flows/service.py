@@ -1,0 +1,198 @@
+"""service: the runbooks as deployments, for scheduled runs, one click in the Prefect UI
+and API calls.
+
+Each flow here is a runbook's entry point with parameters the UI renders as a form: the
+stack is chosen from the stored spec blocks (`stack: StackSpecBlock`, a block picker),
+the fault is a choice, the target time a date-time, a destructive fault needs its box
+ticked. It runs the runbook's own code in this flow run (`.fn`), under the runbook's
+name, so a deployed run and a CLI run of the same runbook sit side by side in the UI.
+
+`deployments/prefect.yaml` is the one table of deployments (names, entry points,
+schedules, parameters): `prefect deploy --all` reads it, and `lifeboat serve` builds the
+same set from it (`deployments()` below).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import datetime
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow
+from prefect.deployments.runner import RunnerDeployment
+from prefect.utilities.templating import apply_values
+
+from blocks.stack import StackSpec, StackSpecBlock
+from flows import backup as backup_flows
+from flows import drill, failover, recover, status
+from flows import up as up_flow
+from flows.failover import Fault
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
+WORK_POOL = "lifeboat"
+
+
+class StackNotHealthy(RuntimeError):
+    """The status runbook found problems (a deployed run fails, so it can notify)."""
+
+
+@flow(name="up")
+def up(stack: StackSpecBlock, credentials: str = "lab") -> dict:
+    """Provision, build the cluster and the site, first backup; a rerun changes nothing."""
+    return up_flow.up.fn(stack.spec, credentials)
+
+
+@flow(name="backup")
+def backup(stack: StackSpecBlock, credentials: str = "lab", wait_seconds: float = 0) -> dict:
+    """A base backup to Spaces, retention, WAL verified. A backup already running makes
+    this one wait up to `wait_seconds`, then it is refused."""
+    return backup_flows.backup.fn(stack.spec, credentials, wait_seconds)
+
+
+@flow(name="backup-health")
+def backup_health(
+    stack: StackSpecBlock, credentials: str = "lab", max_archive_age: float | None = None
+) -> dict:
+    """Fails when WAL archiving lags or the newest backup is older than the schedule."""
+    return backup_flows.backup_health.fn(stack.spec, credentials, max_archive_age)
+
+
+@flow(name="status", log_prints=False)
+def stack_status(stack: StackSpecBlock, credentials: str = "lab") -> dict:
+    """The stack as it is; the run fails when it is not healthy."""
+    report = status.stack_status.fn(stack.spec, credentials)
+    if not report["ok"]:
+        raise StackNotHealthy(f"stack {stack.spec.name}: " + "; ".join(report["problems"]))
+    return report
+
+
+@flow(name="restore-drill", log_prints=False)
+def restore_drill(
+    stack: StackSpecBlock,
+    credentials: str = "lab",
+    backup_id: str | None = None,
+    target_time: datetime | None = None,
+) -> dict:
+    """Restore a backup (the newest, or the one `target_time` needs) into a scratch
+    droplet, prove it, measure RTO and RPO; the scratch droplet is destroyed after."""
+    return drill.restore_drill.fn(stack.spec, credentials, backup_id, target_time)
+
+
+@flow(name="failover-drill", log_prints=False)
+def failover_drill(
+    stack: StackSpecBlock,
+    credentials: str = "lab",
+    fault: Fault = "switchover",
+    allow_destructive: bool = False,
+) -> dict:
+    """Fault the primary while a probe writes; measure the write gap and lost writes.
+    Every fault but switchover needs `allow_destructive`."""
+    return failover.failover_drill.fn(stack.spec, credentials, fault, allow_destructive)
+
+
+@flow(name="recover-switchover", log_prints=False)
+def recover_switchover(
+    stack: StackSpecBlock, credentials: str = "lab", to: str | None = None
+) -> dict:
+    """Move the primary to `to` (default: the synchronous standby), then verify."""
+    return recover.recover_switchover.fn(stack.spec, credentials, to)
+
+
+@flow(name="recover-reinit", log_prints=False)
+def recover_reinit(stack: StackSpecBlock, member: str, credentials: str = "lab") -> dict:
+    """Rebuild replica `member` from the leader, then verify."""
+    return recover.recover_reinit.fn(stack.spec, credentials, member)
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def stack_ref(name: str) -> dict:
+    """A deployment parameter naming a stored spec block; Prefect loads it at run time."""
+    return {"$ref": {"block_document_slug": f"lifeboat-stack-spec/{name}"}}
+
+
+def environment(spec: StackSpec, credentials: str) -> dict[str, str]:
+    """What `deployments/prefect.yaml` takes from the environment for one stack."""
+    return {
+        "LIFEBOAT_STACK": spec.name,
+        "LIFEBOAT_CREDENTIALS": credentials,
+        "LIFEBOAT_BACKUP_CRON": spec.backup.schedule,
+    }
+
+
+def table(spec: StackSpec, credentials: str, path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The deployments of `prefect.yaml` for one stack, placeholders filled in."""
+    raw = yaml.safe_load(path.read_text())
+    env = environment(spec, credentials)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return apply_values(raw["deployments"], {})
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def deployments(spec: StackSpec, credentials: str) -> list[RunnerDeployment]:
+    """The same deployments as `prefect deploy --all`, to be served by one process."""
+    out = []
+    for entry in table(spec, credentials):
+        path, name = entry["entrypoint"].split(":")
+        runbook = getattr(import_module(path.removesuffix(".py").replace("/", ".")), name)
+        schedule = (entry.get("schedules") or [{}])[0]
+        out.append(
+            runbook.to_deployment(
+                name=entry["name"],
+                cron=schedule.get("cron"),
+                interval=schedule.get("interval"),
+                parameters=entry.get("parameters") or {},
+                tags=entry.get("tags") or [],
+                description=entry.get("description"),
+            )
+        )
+    return out
+
+
+def ensure_work_queue(spec: StackSpec) -> str:
+    """The process work pool and the stack's work queue in it, with a concurrency limit of
+    1 (one runbook at a time touches a stack); created or corrected. Returns the queue."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    queue = f"stack-{spec.name}"
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_work_pool(WorkPoolCreate(name=WORK_POOL, type="process"))
+        try:
+            client.create_work_queue(name=queue, work_pool_name=WORK_POOL, concurrency_limit=1)
+        except ObjectAlreadyExists:
+            found = client.read_work_queue_by_name(queue, work_pool_name=WORK_POOL)
+            client.update_work_queue(found.id, concurrency_limit=1)
+    return queue
+
+
+def deploy(spec: StackSpec, credentials: str) -> list[str]:
+    """`prefect deploy --all` of the table for one stack, from this checkout, into the
+    stack's work queue. Returns the deployment names."""
+    import subprocess
+    import sys
+
+    ensure_work_queue(spec)
+    env = {**os.environ, **environment(spec, credentials), "LIFEBOAT_CHECKOUT": str(ROOT)}
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
+    cmd += ["--prefect-file", str(PREFECT_YAML)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # noqa: S603
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"prefect deploy failed (exit {done.returncode}):\n{tail}")
+    return [d["name"] for d in table(spec, credentials)]

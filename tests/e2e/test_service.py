@@ -1,0 +1,96 @@
+"""Lifeboat as a service against the local cloud (compact example): the runbooks deployed
+with `prefect deploy --all` from a clean clone, and a run started over the API the way the
+README's curl does it, idempotently, run to completion by a process worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from flows import service
+from tests.e2e.conftest import wait_flow_run
+
+pytestmark = pytest.mark.e2e
+
+
+def test_every_runbook_deployed_from_a_clean_clone(deployed, lab_blocks):
+    spec = deployed["spec"]
+    found = deployed["deployments"]
+    assert sorted(found) == sorted(d["name"] for d in service.table(spec, lab_blocks))
+    ref = {"$ref": {"block_document_slug": f"lifeboat-stack-spec/{spec.name}"}}
+    for d in found.values():
+        assert d.parameters["stack"] == ref and d.parameters["credentials"] == lab_blocks
+        assert (d.work_pool_name, d.work_queue_name) == ("lifeboat", f"stack-{spec.name}")
+        assert d.pull_steps[0]["prefect.deployments.steps.set_working_directory"] == {
+            "directory": str(deployed["clone"])
+        }
+
+    def schedule(name: str) -> str | None:
+        s = found[f"{spec.name}-{name}"].schedules
+        return (s[0].schedule.cron or f"every {s[0].schedule.interval}") if s else None
+
+    assert schedule("backup") == spec.backup.schedule
+    assert schedule("backup-health") == "every 0:05:00"
+    assert schedule("restore-drill") == "0 4 * * 0"
+    assert schedule("switchover-drill") == "0 5 1 * *"
+    for name in ("recover-switchover", "recover-reinit", "failover-drill", "up"):
+        assert schedule(name) is None, f"{name} runs on a click or an API call only"
+    # The UI renders a form: the stack as a block picker, the fault as a choice.
+    schema = found[f"{spec.name}-failover-drill"].parameter_openapi_schema
+    assert schema["properties"]["stack"]["$ref"] == "#/definitions/StackSpecBlock"
+    assert schema["properties"]["fault"]["enum"] == [
+        "switchover", "stop-patroni", "kill-postgres", "power-off"
+    ]
+    target = found[f"{spec.name}-restore-drill"].parameter_openapi_schema["properties"]
+    assert "date-time" in json.dumps(target["target_time"])
+
+
+def _curl(*args: str) -> dict:
+    done = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "-H", "Content-Type: application/json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def test_an_api_call_retried_with_its_idempotency_key_starts_one_run(
+    deployed, worker, prefect_server
+):
+    """The README's two curl calls: find the deployment by name, start it with an
+    idempotency key. The retried call returns the same run; the worker completes it."""
+    api, spec = prefect_server.api_url, deployed["spec"]
+    deployment = _curl(f"{api}/deployments/name/status/{spec.name}-status")
+    key = f"e2e-{uuid.uuid4()}"
+    body = json.dumps({"idempotency_key": key, "parameters": {}})
+    first = _curl("-X", "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", "-d", body)
+    again = _curl("-X", "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", "-d", body)
+    assert again["id"] == first["id"]
+    runs = _curl(
+        "-X",
+        "POST",
+        f"{api}/flow_runs/filter",
+        "-d",
+        json.dumps({"deployments": {"id": {"any_": [deployment["id"]]}}}),
+    )
+    assert [r["id"] for r in runs if r["idempotency_key"] == key] == [first["id"]]
+    run = wait_flow_run(first["id"], timeout=600)
+    assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
+
+
+def test_a_run_for_a_spec_block_that_does_not_exist_fails_naming_it(
+    deployed, worker, prefect_server
+):
+    api, spec = prefect_server.api_url, deployed["spec"]
+    deployment = _curl(f"{api}/deployments/name/status/{spec.name}-status")
+    missing = {"$ref": {"block_document_slug": "lifeboat-stack-spec/no-such-stack"}}
+    body = json.dumps({"parameters": {"stack": missing}})
+    run = _curl("-X", "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", "-d", body)
+    final = wait_flow_run(run["id"], timeout=300)
+    assert final.state.is_failed()
+    assert "no-such-stack" in (final.state.message or ""), final.state.message
