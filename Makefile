@@ -4,7 +4,8 @@
 SHELL := /bin/bash
 UV := uv
 APT_PACKAGES := mmdebstrap systemd-container systemd iproute2 nftables haproxy openssl openssh-client \
-                etcd-server postgresql-15 python3-boto3 python3-zstandard curl nginx php-cli php-pgsql
+                etcd-server postgresql-15 python3-boto3 python3-zstandard curl nginx php-cli php-pgsql \
+                chromium chromium-driver
 PYTEST_ARGS ?=
 N ?= 3
 # No network but the package registries: Prefect must not try to send telemetry.

@@ -397,6 +397,15 @@ class BackupSpec(_Section):
         return value
 
 
+class EventsSpec(_Section):
+    """Events from the cluster to the Prefect server (tasks/events.py): Patroni's role
+    changes, posted by each database droplet to `api_url`'s /events."""
+
+    # The Prefect API as the droplets reach it (the lab gateway's address in the local
+    # cloud); none: events stay spooled on the droplets until one is set.
+    api_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?/api$")
+
+
 class PlannedNode(BaseModel):
     """A droplet the spec asks for; the provision flow matches it by name and tags."""
 
@@ -424,6 +433,7 @@ class StackSpec(_Section):
     haproxy: HAProxySpec = Field(default_factory=HAProxySpec)
     wordpress: WordPressSpec = Field(default_factory=WordPressSpec)
     backup: BackupSpec = Field(default_factory=BackupSpec)
+    events: EventsSpec = Field(default_factory=EventsSpec)
 
     @field_validator("name")
     @classmethod

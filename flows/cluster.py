@@ -15,7 +15,7 @@ from prefect.futures import PrefectFutureList
 
 from blocks.stack import StackSpec
 from flows.report import publish
-from tasks import etcd, haproxy, patroni, wal
+from tasks import etcd, events, haproxy, patroni, wal
 from tasks.context import StackContext, opened
 from tasks.hosts import Host
 from tasks.packages import prepare
@@ -120,6 +120,11 @@ def _wal_agent(ctx: StackContext, run: _Run) -> None:
     configured = _by_name(pg_hosts, futures.result())
     run.steps["wal agent"] = _changes(_on("configured on", [n for n, c in configured.items() if c]))
     run.lap("wal agent")
+    # Before Patroni too: its first promotion is an event.
+    futures = events.configure_member.map(unmapped(ctx.remote), pg_hosts, unmapped(ctx.spec))
+    configured = _by_name(pg_hosts, futures.result())
+    run.steps["events"] = _changes(_on("configured on", [n for n, c in configured.items() if c]))
+    run.lap("events")
 
 
 def _patroni(ctx: StackContext, run: _Run, etcd_ips: list[str], wheels: object) -> None:

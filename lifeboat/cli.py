@@ -184,7 +184,9 @@ def _run(flow: Any, *args: Any) -> Any:  # noqa: ANN401 - a Prefect flow and its
     """Run a runbook; its exception becomes RunbookFailed (with --debug: raised as is)."""
     if not _STATE["debug"]:
         _quiet_console()
-    if _STATE["server"] is None and not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
         typer.echo(
             "note: no Lifeboat server is running, so Prefect starts a temporary one for this "
             "command (`lifeboat server start` keeps one up, with its UI)",

@@ -62,6 +62,23 @@ DESTINATIONS: dict[str, tuple[str, str, str]] = {
         "root:root",
         "0644",
     ),
+    "events/cluster_events.py": ("/usr/local/lib/lifeboat/cluster_events.py", "root:root", "0755"),
+    "events/events.conf.j2": ("/etc/lifeboat/events.conf", "root:postgres", "0640"),
+    "events/lifeboat-events.service.j2": (
+        "/etc/systemd/system/lifeboat-events.service",
+        "root:root",
+        "0644",
+    ),
+    "events/lifeboat-events.path.j2": (
+        "/etc/systemd/system/lifeboat-events.path",
+        "root:root",
+        "0644",
+    ),
+    "events/lifeboat-events.timer.j2": (
+        "/etc/systemd/system/lifeboat-events.timer",
+        "root:root",
+        "0644",
+    ),
     "wal/lifeboat-wal-agent.service.j2": (
         "/etc/systemd/system/lifeboat-wal-agent.service",
         "root:root",

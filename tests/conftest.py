@@ -32,6 +32,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=_order)  # stable: the file order within each group is kept
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_lifeboat_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test finds a developer's running Lifeboat server (~/.lifeboat): the CLI would use
+    it. The session's server (below) records itself in a home of its own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIFEBOAT_HOME", str(tmp_path_factory.mktemp("no-lifeboat-server")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
     """The session's Prefect server: a Lifeboat server (`lifeboat server start`, the one
@@ -41,6 +50,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from lab.config import GATEWAY
     from lifeboat import server
     from tests.integration.postgres import BIN, as_postgres, free_port, running_postgres
 
@@ -60,6 +70,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
         mp.delenv("PREFECT_API_URL", raising=False)
         url = f"postgresql+asyncpg://postgres:{password}@127.0.0.1:{pg_port}/prefect"
         info = server.start("0.0.0.0", free_port(), url)  # noqa: S104 - see the docstring
+        # Where the example stacks' droplets post their events (tests/e2e example_spec).
+        mp.setenv("LIFEBOAT_E2E_EVENTS_URL", f"http://{GATEWAY}:{info.port}/api")
         try:
             with temporary_settings(updates={PREFECT_API_URL: info.api_url}):
                 yield info

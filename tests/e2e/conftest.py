@@ -89,8 +89,11 @@ def lab_blocks(lab: dict, prefect_server: None) -> str:
 def example_spec(name: str) -> StackSpec:
     """An example spec as the e2e tests use it. LIFEBOAT_E2E_PREFIX renames the stack and
     LIFEBOAT_E2E_VPC_SHIFT moves its VPC range (second octet + shift), so two test
-    sessions can share one lab while developing; CI sets neither."""
+    sessions can share one lab while developing; CI sets neither. Events go to the
+    session's Prefect server (LIFEBOAT_E2E_EVENTS_URL, set by `prefect_server`)."""
     data = StackSpec.from_yaml(f"examples/{name}.yaml").model_dump()
+    if os.environ.get("LIFEBOAT_E2E_EVENTS_URL"):
+        data["events"]["api_url"] = os.environ["LIFEBOAT_E2E_EVENTS_URL"]
     prefix = os.environ.get("LIFEBOAT_E2E_PREFIX", "")
     shift = int(os.environ.get("LIFEBOAT_E2E_VPC_SHIFT", "0"))
     if prefix or shift:

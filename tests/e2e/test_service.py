@@ -30,7 +30,9 @@ def test_every_runbook_deployed_from_a_clean_clone(deployed, lab_blocks):
 
     def schedule(name: str) -> str | None:
         s = found[f"{spec.name}-{name}"].schedules
-        return (s[0].schedule.cron or f"every {s[0].schedule.interval}") if s else None
+        if not s:
+            return None
+        return getattr(s[0].schedule, "cron", None) or f"every {s[0].schedule.interval}"
 
     assert schedule("backup") == spec.backup.schedule
     assert schedule("backup-health") == "every 0:05:00"
@@ -42,7 +44,10 @@ def test_every_runbook_deployed_from_a_clean_clone(deployed, lab_blocks):
     schema = found[f"{spec.name}-failover-drill"].parameter_openapi_schema
     assert schema["properties"]["stack"]["$ref"] == "#/definitions/StackSpecBlock"
     assert schema["properties"]["fault"]["enum"] == [
-        "switchover", "stop-patroni", "kill-postgres", "power-off"
+        "switchover",
+        "stop-patroni",
+        "kill-postgres",
+        "power-off",
     ]
     target = found[f"{spec.name}-restore-drill"].parameter_openapi_schema["properties"]
     assert "date-time" in json.dumps(target["target_time"])
