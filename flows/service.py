@@ -24,9 +24,11 @@ from typing import Any
 import yaml
 from prefect import flow
 from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
 from prefect.utilities.templating import apply_values
 
 from blocks.stack import StackSpec, StackSpecBlock
+from flows import after_failover as after_failover_flow
 from flows import backup as backup_flows
 from flows import drill, failover, recover, status
 from flows import up as up_flow
@@ -109,6 +111,18 @@ def recover_reinit(stack: StackSpecBlock, member: str, credentials: str = "lab")
     return recover.recover_reinit.fn(stack.spec, credentials, member)
 
 
+@flow(name="after-failover", log_prints=False)
+def after_failover(
+    stack: StackSpecBlock,
+    credentials: str = "lab",
+    leader: str | None = None,
+    rejoin_timeout: float = 600,
+) -> dict:
+    """After the primary moved (started by Patroni's role-change event): members back,
+    routing and the site checked, a base backup on the new timeline."""
+    return after_failover_flow.after_failover.fn(stack.spec, credentials, leader, rejoin_timeout)
+
+
 # --- the table -----------------------------------------------------------------------------
 
 
@@ -157,6 +171,7 @@ def deployments(spec: StackSpec, credentials: str) -> list[RunnerDeployment]:
                 parameters=entry.get("parameters") or {},
                 tags=entry.get("tags") or [],
                 description=entry.get("description"),
+                triggers=[DeploymentEventTrigger(**t) for t in entry.get("triggers") or []],
             )
         )
     return out

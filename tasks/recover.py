@@ -58,7 +58,7 @@ def _members(ctx: StackContext) -> list[patroni.Member]:
     return backup.members(ctx.remote, ctx.require_role("postgres"))
 
 
-def _verified(ctx: StackContext, leader: str, timeout: float = 180) -> dict:
+def verified(ctx: StackContext, leader: str, timeout: float = 180) -> dict:
     """The cluster healthy, every HAProxy routing its primary port to `leader`, and a WAL
     segment archived from it."""
     pg_hosts = ctx.require_role("postgres")
@@ -117,7 +117,7 @@ def switch(ctx: StackContext, to: str | None) -> dict:
         lambda ms: None if [m.name for m in ms if m.is_leader] == [candidate] else "not yet",
         timeout=120,
     )
-    result = _verified(ctx, candidate)
+    result = verified(ctx, candidate)
     return {"old_leader": leader, **result}
 
 
@@ -145,4 +145,65 @@ def reinit(ctx: StackContext, member: str) -> dict:
 
     _await(ctx, f"{member} streaming again after reinit", lambda ms: _not_streaming(ms, member))
     leader = next(m.name for m in members if m.is_leader)
-    return {"member": member, **_verified(ctx, leader)}
+    return {"member": member, **verified(ctx, leader)}
+
+
+# Patroni states a member does not leave by itself: rebuilt at once, not waited for.
+STUCK = ("start failed", "crashed")
+
+
+@task(name="rejoin", cache_policy=NO_CACHE, retries=0)
+def rejoin(ctx: StackContext, timeout: float = 600) -> dict[str, str]:
+    """After a failover: every database member back and streaming. A returning old
+    primary rewinds and rejoins by itself (use_pg_rewind), so members are waited for up
+    to `timeout`; one that is back but stuck (start failed, crashed), or still not
+    streaming at the end, is rebuilt from the leader (reinit). A member that never came
+    back is an error naming it. Returns what happened to each replica."""
+    expected = [n.name for n in ctx.spec.nodes_with("postgres")]
+    outcome: dict[str, str] = {}
+
+    def settled() -> bool:
+        by_name = {m.name: m for m in _members(ctx)}
+        waiting = []
+        for name in expected:
+            m = by_name.get(name)
+            if m is not None and m.is_leader:
+                continue
+            if m is not None and m.state in STUCK and name not in outcome:
+                outcome[name] = f"was {m.state!r}: rebuilt from the leader"
+                reinit.fn(ctx, name)
+            elif m is None or m.state != "streaming":
+                waiting.append(f"{name}: {m.state if m else 'not in the cluster'}")
+        if waiting:
+            raise NotYet("; ".join(waiting))
+        return True
+
+    try:
+        wait_until("every member streaming", settled, timeout, every=2)
+    except WaitTimeout as e:
+        by_name = {m.name: m for m in _members(ctx)}
+        gone = [n for n in expected if n not in by_name]
+        if gone:
+            raise RecoverError(
+                f"{', '.join(gone)} not back in the cluster after {timeout:.0f} s ({e.last}): "
+                "power the droplet on, or replace it"
+            ) from e
+        for name in expected:
+            m = by_name[name]
+            if not m.is_leader and m.state != "streaming" and name not in outcome:
+                outcome[name] = f"still {m.state!r} after {timeout:.0f} s: rebuilt from the leader"
+                reinit.fn(ctx, name)
+    members = _members(ctx)
+    for m in members:
+        if not m.is_leader:
+            outcome.setdefault(m.name, "streaming")
+    return outcome
+
+
+@task(name="verify", cache_policy=NO_CACHE, retries=0)
+def verify(ctx: StackContext, timeout: float = 180) -> dict:
+    """The cluster healthy under whichever member leads now, every HAProxy routing to it,
+    the archive current; with the leader's timeline."""
+    members = patroni.verify(ctx.remote, ctx.require_role("postgres"), ctx.spec, timeout=timeout)
+    lead = next(m for m in members if m.is_leader)
+    return {**verified(ctx, lead.name), "timeline": lead.timeline}

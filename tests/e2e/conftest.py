@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import paramiko
 import pydo
@@ -188,14 +188,15 @@ def power_on(do: pydo.Client, droplet_id: int) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def deployed(
     stacks: dict, lab_blocks: str, prefect_server, tmp_path_factory: pytest.TempPathFactory
-) -> dict:
+) -> Iterator[dict]:
     """The compact stack's runbooks deployed to the session's server the way an operator
     does it: its spec block saved, then `prefect deploy --all` with deployments/prefect.yaml
     from a clean clone of this repository (the committed code). Schedules are paused
-    afterwards: no scheduled drill may start in the middle of other tests."""
+    afterwards: no scheduled drill may start in the middle of other tests. Deleted with
+    their automations after the module: other modules' switchovers start no runs."""
     import subprocess
     import sys
 
@@ -232,10 +233,16 @@ def deployed(
         for d in found.values():
             for sched in d.schedules:
                 client.update_deployment_schedule(d.id, sched.id, active=False)
-    return {"spec": spec, "clone": clone, "deployments": found, "output": done.stdout}
+    yield {"spec": spec, "clone": clone, "deployments": found, "output": done.stdout}
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations():
+            if automation.name.startswith(f"{spec.name}:"):
+                client.delete_automation(automation.id)
+        for d in found.values():
+            client.delete_deployment(d.id)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(deployed: dict, prefect_server, tmp_path_factory: pytest.TempPathFactory):
     """A process worker on the "lifeboat" pool, as an operator starts one."""
     import signal
@@ -276,3 +283,25 @@ def wait_flow_run(flow_run_id, timeout: float = 600) -> object:
         return run
 
     return wait_for(f"flow run {flow_run_id} to finish", final, timeout=timeout, every=2)
+
+
+def catalog(spec: StackSpec, credentials: str) -> list:
+    """The stack's cataloged backups, oldest first (tasks.backup.read_catalog)."""
+    from blocks.credentials import SpacesCredentials
+    from tasks import backup as bk
+    from tasks.spaces import s3_client
+
+    s3 = s3_client(SpacesCredentials.load(credentials))
+    return bk.read_catalog(s3, spec.bucket, spec.name)[0]
+
+
+def delete_backup(spec: StackSpec, credentials: str, backup_id: str) -> None:
+    """Delete a backup a test took (its manifest first, as retention does), so the catalog
+    is as `up` left it: test_backup counts one backup per stack."""
+    from blocks.credentials import SpacesCredentials
+    from tasks import backup as bk
+    from tasks.spaces import s3_client
+
+    s3 = s3_client(SpacesCredentials.load(credentials))
+    entry = next(e for e in catalog(spec, credentials) if e.backup.id == backup_id)
+    bk.delete_keys(s3, spec.bucket, [entry.backup.keys[-1], *entry.backup.keys[:-1]])

@@ -71,7 +71,12 @@ def test_a_droplet_that_is_off_is_named_at_once_with_what_brings_it_back(
     import time
 
     from lab import faults
-    from tests.e2e.conftest import power_on, site_serves_from_every_web_droplet, stack
+    from tests.e2e.conftest import (
+        delete_backup,
+        power_on,
+        site_serves_from_every_web_droplet,
+        stack,
+    )
 
     stack_spec, _ = stack(stacks, name)
     victim = stack_spec.nodes_with("wordpress")[-1].name
@@ -89,19 +94,9 @@ def test_a_droplet_that_is_off_is_named_at_once_with_what_brings_it_back(
         # A backup needs one healthy database droplet, not every droplet: it runs. Its
         # objects are deleted again (manifest first), so the stack's catalog is as `up`
         # left it for test_backup.
-        from blocks.credentials import SpacesCredentials
         from flows.backup import backup
-        from tasks import backup as bk
-        from tasks.spaces import s3_client
 
-        taken = backup(stack_spec, lab_blocks)["id"]
-        s3 = s3_client(SpacesCredentials.load(lab_blocks))
-        entry = next(
-            e
-            for e in bk.read_catalog(s3, stack_spec.bucket, stack_spec.name)[0]
-            if e.backup.id == taken
-        )
-        bk.delete_keys(s3, stack_spec.bucket, [entry.backup.keys[-1], *entry.backup.keys[:-1]])
+        delete_backup(stack_spec, lab_blocks, backup(stack_spec, lab_blocks)["id"])
     finally:
         power_on(do, droplet["id"])
     site_serves_from_every_web_droplet(do, stack_spec, timeout=180)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 
 import pytest
 
 from flows import service
-from tests.e2e.conftest import wait_flow_run
+from flows.recover import recover_switchover
+from lifeboat.waiting import NotYet
+from tests.e2e.conftest import catalog, delete_backup, healthy_cluster, wait_flow_run, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -99,3 +102,47 @@ def test_a_run_for_a_spec_block_that_does_not_exist_fails_naming_it(
     final = wait_flow_run(run["id"], timeout=300)
     assert final.state.is_failed()
     assert "no-such-stack" in (final.state.message or ""), final.state.message
+
+
+def _newer_runs(api: str, deployment_id: str, since: str) -> list[dict]:
+    body = {"deployments": {"id": {"any_": [deployment_id]}}}
+    body["flow_runs"] = {"expected_start_time": {"after_": since}}
+    return _curl("-X", "POST", f"{api}/flow_runs/filter", "-d", json.dumps(body))
+
+
+def test_a_switchover_starts_the_after_failover_run_which_backs_up_the_new_timeline(
+    deployed, worker, prefect_server, lab_blocks
+):
+    """The whole chain: Patroni's callback on the new primary spools the event, the
+    droplet posts it, the automation starts the after-failover deployment with the new
+    leader, the worker runs it: members streaming, routing and site checked, and a base
+    backup on the new timeline in the catalog."""
+    api, spec = prefect_server.api_url, deployed["spec"]
+    healthy_cluster(spec, lab_blocks, timeout=240)
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 2))
+    switched = recover_switchover(spec, lab_blocks)
+    new_leader = switched["leader"]
+    deployment = deployed["deployments"][f"{spec.name}-after-failover"]
+
+    def started() -> dict:
+        runs = [
+            r
+            for r in _newer_runs(api, str(deployment.id), since)
+            if r["parameters"].get("leader") == new_leader
+        ]
+        if not runs:
+            raise NotYet("no after-failover run yet")
+        return runs[0]
+
+    run = wait_for("the after-failover run the event starts", started, timeout=120, every=2)
+    final = wait_flow_run(run["id"], timeout=900)
+    assert final.state.is_completed(), f"{final.state.name}: {final.state.message}"
+    members = healthy_cluster(spec, lab_blocks, timeout=120)
+    lead = next(m for m in members if m.is_leader)
+    assert lead.name == new_leader
+    newest = catalog(spec, lab_blocks)[-1].backup
+    try:
+        assert newest.timeline == lead.timeline
+        assert newest.stopped_at > time.time() - 1200
+    finally:
+        delete_backup(spec, lab_blocks, newest.id)
