@@ -18,6 +18,7 @@ from prefect.concurrency.sync import concurrency
 
 from blocks.stack import StackSpec
 from tasks import backup as bk
+from tasks import events
 from tasks.context import StackContext, opened
 
 
@@ -69,7 +70,9 @@ def backup(
         try:
             # A free slot is taken at once; 5 s covers the API round trips.
             with concurrency(limit_name(spec), occupy=1, timeout_seconds=max(wait_seconds, 5)):
-                return _backup(ctx)
+                report = _backup(ctx)
+            events.backup_succeeded(spec, report)
+            return report
         except TimeoutError:
             raise _refused(spec, wait_seconds) from None
 

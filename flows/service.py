@@ -20,11 +20,13 @@ from datetime import datetime
 from importlib import import_module
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import yaml
 from prefect import flow
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
+from prefect.events.schemas.automations import AutomationCore
 from prefect.utilities.templating import apply_values
 
 from blocks.stack import StackSpec, StackSpecBlock
@@ -33,6 +35,7 @@ from flows import backup as backup_flows
 from flows import drill, failover, recover, status
 from flows import up as up_flow
 from flows.failover import Fault
+from tasks import events
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
@@ -211,3 +214,90 @@ def deploy(spec: StackSpec, credentials: str) -> list[str]:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"prefect deploy failed (exit {done.returncode}):\n{tail}")
     return [d["name"] for d in table(spec, credentials)]
+
+
+# --- notifications -------------------------------------------------------------------------
+
+BACKUP_WINDOW = 26 * 3600  # a daily backup, plus two hours of slack
+
+
+def automations(
+    spec: StackSpec, block_document_id: UUID, backup_window: float = BACKUP_WINDOW
+) -> list[AutomationCore]:
+    """What reaches the operator through the notification block: a runbook of the stack
+    failed or crashed, the primary moved, no backup succeeded within `backup_window`."""
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    def notify(subject: str, body: str) -> list[SendNotification]:
+        return [SendNotification(block_document_id=block_document_id, subject=subject, body=body)]
+
+    name, stack = spec.name, {"lifeboat.stack": spec.name}
+    hours = f"{backup_window / 3600:g} h" if backup_window >= 3600 else f"{backup_window:.0f} s"
+    return [
+        AutomationCore(
+            name=f"{name}: a runbook failed",
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match_related={"prefect.resource.id": f"prefect.tag.stack:{name}"},
+                posture=Posture.Reactive,
+                threshold=1,
+            ),
+            actions=notify(
+                f"Lifeboat {name}: {{{{ flow.name }}}} {{{{ flow_run.state.name | lower }}}}",
+                "Flow run {{ flow_run.name }} of {{ flow.name }} ended "
+                "{{ flow_run.state.name }}: {{ flow_run.state.message }}",
+            ),
+        ),
+        AutomationCore(
+            name=f"{name}: the primary moved",
+            trigger=EventTrigger(
+                expect={events.PROMOTED}, match=stack, posture=Posture.Reactive, threshold=1
+            ),
+            actions=notify(
+                f"Lifeboat {name}: {{{{ event.resource['lifeboat.member'] }}}} is the primary",
+                "Patroni promoted {{ event.resource['lifeboat.member'] }} at "
+                "{{ event.occurred }}; the after-failover runbook checks the rest.",
+            ),
+        ),
+        AutomationCore(
+            name=f"{name}: no backup",
+            trigger=EventTrigger(
+                expect={events.BACKUP_SUCCEEDED},
+                match=stack,
+                posture=Posture.Proactive,
+                threshold=1,
+                within=backup_window,
+            ),
+            actions=notify(
+                f"Lifeboat {name}: no successful backup in {hours}",
+                f"No base backup of stack {name} succeeded in the last {hours}: see the "
+                "backup deployment's runs, and `lifeboat backup-health`.",
+            ),
+        ),
+    ]
+
+
+def ensure_automations(
+    spec: StackSpec, notify_block: str, backup_window: float = BACKUP_WINDOW
+) -> list[str]:
+    """Create or update the stack's notification automations; `notify_block` names a
+    notification block as "<block type slug>/<name>" (e.g. custom-webhook/lab)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    slug, _, block_name = notify_block.partition("/")
+    with get_client(sync_client=True) as client:
+        try:
+            block = client.read_block_document_by_name(block_name, slug)
+        except ObjectNotFound:
+            raise ValueError(
+                f"no notification block {notify_block!r}: save one (Prefect UI: Blocks, or "
+                "`lifeboat lab blocks` in the local cloud) and name it as <type slug>/<name>"
+            ) from None
+        wanted = automations(spec, block.id, backup_window)
+        for automation in wanted:
+            for old in client.read_automations_by_name(automation.name):
+                client.delete_automation(old.id)
+            client.create_automation(automation)
+    return [a.name for a in wanted]

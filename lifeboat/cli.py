@@ -56,6 +56,14 @@ CREDENTIALS = typer.Option(
     help="Name of the credentials blocks to use (`lifeboat lab blocks` saves the local "
     "cloud's as `lab`).",
 )
+NOTIFY = typer.Option(
+    None,
+    "--notify",
+    help="Notification block as <type slug>/<name> (e.g. custom-webhook/lab, which "
+    "`lifeboat lab blocks` saves): failed runbooks, failovers and a missing backup reach it.",
+)
+
+
 _STATE: dict[str, Any] = {"debug": False, "server": None}
 
 
@@ -192,7 +200,11 @@ def _run(flow: Any, *args: Any) -> Any:  # noqa: ANN401 - a Prefect flow and its
             "command (`lifeboat server start` keeps one up, with its UI)",
             err=True,
         )
-    state = flow(*args, return_state=True)
+    from prefect import tags
+
+    # Tagged as a deployed run is: the stack's automations (failure notices) see it too.
+    with tags("lifeboat", f"stack:{args[0].name}"):
+        state = flow(*args, return_state=True)
     try:
         return state.result()
     except Exception as exc:
@@ -286,7 +298,7 @@ def backup_health_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None
 
 
 @_command(app, "serve")
-def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
+def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS, notify: str = NOTIFY) -> None:
     """Serve the stack's runbooks from this process until stopped: the deployments of
     deployments/prefect.yaml, scheduled ones on their schedules, one run at a time."""
     stack = _load_spec(spec)
@@ -297,12 +309,13 @@ def serve_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
 
     from flows.service import deployments
 
+    _notifications(stack, notify)
     # limit=1: one runbook at a time touches the stack (the work queue's limit, when deployed).
     serve(*deployments(stack, credentials), limit=1, pause_on_shutdown=False)
 
 
 @_command(app, "deploy")
-def deploy_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
+def deploy_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS, notify: str = NOTIFY) -> None:
     """Register the stack's runbooks as deployments on the running server (`prefect deploy
     --all` with deployments/prefect.yaml); a process worker runs them:
     `prefect worker start --pool lifeboat`."""
@@ -316,6 +329,20 @@ def deploy_cmd(spec: Path = SPEC, credentials: str = CREDENTIALS) -> None:
     typer.echo(f"deployed {len(names)} runbooks of stack {stack.name} to work pool lifeboat:")
     for name in names:
         typer.echo(f"  {name}")
+    _notifications(stack, notify)
+
+
+def _notifications(stack: Any, notify: str | None) -> None:  # noqa: ANN401 - StackSpec
+    from flows import service
+
+    if not notify:
+        typer.echo("no --notify block: failures, failovers and missing backups notify no one")
+        return
+    try:
+        for name in service.ensure_automations(stack, notify):
+            typer.echo(f"automation: {name} -> {notify}")
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def _need_server() -> None:

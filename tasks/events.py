@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from tasks.context import Remote
 
 SPOOL = "/var/spool/lifeboat-events"
+# Event names (automations match on them): a member became primary (posted by the
+# droplet's callback, templates/events/cluster_events.py), a base backup was cataloged.
+PROMOTED = "lifeboat.patroni.role.primary"
+BACKUP_SUCCEEDED = "lifeboat.backup.succeeded"
 UNITS = ("lifeboat-events.path", "lifeboat-events.timer")
 
 
@@ -52,6 +56,23 @@ def configure(conn: Connection, spec: StackSpec, member: str) -> bool:
         run(conn, f"systemctl enable --quiet --now {units}", timeout=60)
         changed = True
     return changed
+
+
+def stack_resource(spec: StackSpec) -> dict[str, str]:
+    """The resource a stack's own events are about (its label is what automations match)."""
+    return {
+        "prefect.resource.id": f"lifeboat.stack.{spec.name}",
+        "prefect.resource.name": spec.name,
+        "lifeboat.stack": spec.name,
+    }
+
+
+def backup_succeeded(spec: StackSpec, report: dict) -> None:
+    """The event the missing-backup automation waits for."""
+    from prefect.events import emit_event
+
+    payload = {k: report[k] for k in ("id", "timeline", "stored_bytes", "seconds")}
+    emit_event(event=BACKUP_SUCCEEDED, resource=stack_resource(spec), payload=payload)
 
 
 @task(name="events_configure", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
