@@ -35,11 +35,11 @@ from flows import backup as backup_flows
 from flows import drill, failover, recover, status
 from flows import up as up_flow
 from flows.failover import Fault
+from lifeboat.server import WORK_POOL
 from tasks import events
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
-WORK_POOL = "lifeboat"
 
 
 class StackNotHealthy(RuntimeError):

@@ -28,6 +28,7 @@ API_PORT = 8088
 SPACES_PORT = 443  # TLS terminator in front of moto
 MOTO_PORT = 5900  # moto listens on loopback only
 RELEASES_PORT = 8443  # release archives (lab/releases.py), HTTPS
+NOTIFY_PORT = 8099  # notification receiver (lab/notifications.py), plain HTTP
 
 # Private (VPC) networks: one bridge per VPC, named from its id; the host holds the first
 # address of the range (it is not a droplet's default route).

@@ -19,6 +19,7 @@ from lab import (
     loadbalancers,
     network,
     nft,
+    notifications,
     processes,
     releases,
     spaces,
@@ -65,9 +66,12 @@ def is_up() -> bool:
 
 
 def up() -> dict:
-    """Bring the lab up; a healthy lab is left as it is, a half-up one is cleared first."""
+    """Bring the lab up; a healthy lab is left as it is, a half-up one is cleared first.
+    The notification receiver is not part of a healthy lab (is_up): a lab brought up
+    before it existed stays usable, and gets one here."""
     if is_up():
         _say("already up")
+        notifications.start()
         return info()
     if leftovers():
         _say("clearing what an earlier run left: " + "; ".join(leftovers()))
@@ -105,6 +109,7 @@ def up() -> dict:
         raise RuntimeError(f"the API stand-in did not answer; see {RUN_DIR / 'api.log'}") from e
     s3 = spaces.start()
     served = releases.start(rootfs)
+    notifications.start()
     lab = {
         "api_url": API_URL,
         "api_token_file": str(TOKEN_FILE),
@@ -162,8 +167,9 @@ def _start_api() -> None:
 
 
 def _lab_server_pids(only: bytes = b"") -> list[int]:
-    """Every lab server process (API stand-in, HAProxys, moto), found by its argv, since a
-    pid file may be gone after a crash. Containers are found by lab.containers."""
+    """Every lab server process (API stand-in, HAProxys, moto, release server, notification
+    receiver), found by its argv, since a pid file may be gone after a crash. Containers
+    are found by lab.containers."""
     marker = str(STATE_DIR).encode()
     pids = []
     for proc in Path("/proc").iterdir():
@@ -199,7 +205,9 @@ def down(quiet: bool = False) -> list[str]:
             _kill(int(pid))
     loadbalancers.stop_all()
     spaces.stop()
-    for pid in _lab_server_pids():  # whatever a killed run left without a pid file
+    # The release server and the notification receiver (their --pid-file is in their
+    # argv), and whatever a killed run left without a pid file.
+    for pid in _lab_server_pids():
         _kill(pid)
     for mount in containers.stale_mounts():
         network.run("umount", "-l", str(mount), check=False)
@@ -238,7 +246,16 @@ def info() -> dict:
         return {"up": False}
     lab = json.loads(LAB_FILE.read_text())
     token = TOKEN_FILE.read_text()
-    lab.update(up=is_up(), api_token=token, droplets=_droplets(token))
+    lab.update(
+        up=is_up(),
+        api_token=token,
+        droplets=_droplets(token),
+        notifications={
+            "url": notifications.url(),
+            "up": notifications.is_up(),
+            "received": len(notifications.received()),
+        },
+    )
     return lab
 
 

@@ -40,7 +40,8 @@ drill_app = typer.Typer(
 )
 app.add_typer(drill_app, name="drill")
 recover_app = typer.Typer(
-    help="Recovery runbooks: switchover, reinit a member.", no_args_is_help=True
+    help="Recovery runbooks: switchover, reinit a member, after a failover.",
+    no_args_is_help=True,
 )
 app.add_typer(recover_app, name="recover")
 server_app = typer.Typer(
@@ -346,7 +347,9 @@ def _notifications(stack: Any, notify: str | None) -> None:  # noqa: ANN401 - St
 
 
 def _need_server() -> None:
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
         raise BadInput(
             "no Lifeboat server is running, and deployments need one: `lifeboat server start`"
         )
@@ -365,6 +368,11 @@ def server_start(
         "127.0.0.1", "--host", help="Address to listen on (droplets post events to it)."
     ),
     port: int = typer.Option(4200, "--port"),
+    worker: bool = typer.Option(
+        True,
+        "--worker/--no-worker",
+        help="Also start a process worker on the lifeboat pool (runs deployed runbooks).",
+    ),
     database_url: str = typer.Option(
         None,
         "--database-url",
@@ -379,7 +387,7 @@ def server_start(
 
     was = server.running()
     try:
-        info = server.start(host, port, database_url)
+        info = server.start(host, port, database_url, worker)
     except server.ServerError as exc:
         raise BadInput(str(exc)) from None
     typer.echo(f"{'already running' if was else 'started'}: {_server_line(info)}")
@@ -409,9 +417,10 @@ def server_stop() -> None:
 def _server_line(info: Any) -> str:  # noqa: ANN401 - server.ServerInfo
     from lifeboat import server
 
+    worker = f"worker pid {info.worker_pid}" if server.worker_alive(info) else "no worker"
     return (
-        f"UI {info.ui_url}, API {info.api_url}, pid {info.pid}, database {info.database}, "
-        f"state {server.home()}"
+        f"UI {info.ui_url}, API {info.api_url}, pid {info.pid}, {worker}, database "
+        f"{info.database}, state {server.home()}"
     )
 
 
@@ -560,6 +569,25 @@ def recover_reinit_cmd(
     typer.echo(
         f"reinit of {result['member']} in {stack.name}: streaming again; leader {result['leader']}"
     )
+
+
+@_command(recover_app, "after-failover")
+def recover_after_failover_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    rejoin_timeout: float = typer.Option(
+        600, "--rejoin-timeout", help="Seconds to wait for the old primary to come back."
+    ),
+) -> None:
+    """What follows a failover (the automation runs it on each promotion): members back
+    and streaming, routing and the site checked, a base backup on the new timeline."""
+    stack = _load_spec(spec)
+    _blocks(credentials)
+    from flows.after_failover import after_failover
+
+    result = _run(after_failover, stack, credentials, None, rejoin_timeout)
+    for step in ("leader", "replicas", "routing", "site", "backup"):
+        typer.echo(f"{step}: {result[step]}")
 
 
 def _moment(text: str) -> datetime.datetime:
@@ -762,11 +790,51 @@ def _print_status(info: dict) -> None:
     typer.echo(f"SSH key  {info['ssh_private_key']}")
     for name, rel in info.get("releases", {}).items():
         typer.echo(f"release  {name} {rel['version']} {rel['url']} sha256 {rel['sha256']}")
+    if notify := info.get("notifications"):
+        state = "" if notify["up"] else "not running: `lifeboat lab up` starts it; "
+        typer.echo(f"notify   {notify['url']} ({state}{notify['received']} received)")
     typer.echo(f"droplets {len(info['droplets'])}")
     for d in info["droplets"]:
         tags = ",".join(d["tags"])
         addrs = f"{d['public_ipv4'] or '-':<15} {d['private_ipv4'] or '-':<15}"
         typer.echo(f"  {d['id']:>6} {d['name']:<20} {d['status']:<7} {addrs} {tags}")
+
+
+@_command(lab_app, "notifications")
+def lab_notifications(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable."),
+) -> None:
+    """What the local cloud's notification receiver got (Prefect's notification block
+    `lab` posts there), oldest first: time (UTC), subject, first line of the body."""
+    _need_lab(api=False)
+    from lab import notifications
+
+    if not notifications.is_up():
+        typer.echo(
+            "warning: the notification receiver is not running: `lifeboat lab up` starts it",
+            err=True,
+        )
+    received = notifications.received()
+    if as_json:
+        typer.echo(json.dumps(received, indent=2))
+        return
+    if not received:
+        typer.echo("no notifications received")
+    for n in received:
+        typer.echo(_notification_line(n))
+
+
+def _notification_line(n: dict) -> str:
+    """Time (UTC), subject, first line of the body; the whole body for one that is not
+    the lab block's {"subject", "body"}."""
+    at = datetime.datetime.fromtimestamp(n["received_at"], datetime.UTC)
+    body = n["body"]
+    subject, text = None, body
+    if isinstance(body, dict) and "body" in body:
+        subject, text = body.get("subject"), body["body"]
+    text = text if isinstance(text, str) else json.dumps(text)
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{at:%Y-%m-%dT%H:%M:%SZ} {subject or '-'}: {first}"
 
 
 PEERS = typer.Option(

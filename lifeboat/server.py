@@ -25,6 +25,7 @@ from pathlib import Path
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 
 DEFAULT_PORT = 4200
+WORK_POOL = "lifeboat"  # the process work pool of deployments/prefect.yaml
 STARTUP_TIMEOUT = 120  # first start migrates a fresh database: ~10-20 s here
 
 
@@ -47,6 +48,7 @@ class ServerInfo:
     port: int
     database: str  # "sqlite" or the PostgreSQL URL without its password
     started_at: float
+    worker_pid: int | None = None  # the process worker on WORK_POOL, when started with one
 
     @property
     def ui_url(self) -> str:
@@ -115,12 +117,20 @@ def _redacted(url: str) -> str:
 
 
 def start(
-    host: str = "127.0.0.1", port: int = DEFAULT_PORT, database_url: str | None = None
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    database_url: str | None = None,
+    worker: bool = False,
 ) -> ServerInfo:
     """Start the server in its own session (it outlives this command); return once its API
-    answers. A server already running is left as it is and returned."""
+    answers. With `worker`, a process worker on the "lifeboat" pool too (deployed runs,
+    the automations' runs). A server already running is left as it is (a worker added
+    when asked for and not running)."""
     info = running()
     if info is not None:
+        if worker and not (info.worker_pid and _alive(info.worker_pid)):
+            info = replace(info, worker_pid=_start_worker(info))
+            _state_file().write_text(json.dumps(asdict(info)))
         return info
     if database_url is not None and not database_url.startswith("postgresql+asyncpg://"):
         raise ServerError(
@@ -167,8 +177,31 @@ def start(
     except WaitTimeout as exc:
         _terminate(proc.pid)
         raise ServerError(f"{exc}; see {state / 'server.log'}") from None
+    if worker:
+        info = replace(info, worker_pid=_start_worker(info))
     _state_file().write_text(json.dumps(asdict(info)))
     return info
+
+
+def _start_worker(info: ServerInfo) -> int:
+    """`prefect worker start` on the pool, in its own session; its log beside the server's."""
+    env = {**os.environ, "PREFECT_API_URL": info.api_url}
+    with (home() / "worker.log").open("ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL]
+            + ["--type", "process", "--name", f"lifeboat-{os.uname().nodename}"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    return proc.pid
+
+
+def worker_alive(info: ServerInfo) -> bool:
+    return bool(info.worker_pid) and _alive(info.worker_pid or 0)
 
 
 def stop(timeout: float = 30) -> ServerInfo | None:
@@ -176,6 +209,8 @@ def stop(timeout: float = 30) -> ServerInfo | None:
     info = recorded()
     if info is None:
         return None
+    if info.worker_pid and _alive(info.worker_pid):
+        _terminate(info.worker_pid, timeout)
     if _alive(info.pid):
         _terminate(info.pid, timeout)
     _state_file().unlink(missing_ok=True)

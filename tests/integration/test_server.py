@@ -40,6 +40,7 @@ def test_start_status_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     try:
         assert info is not None and server.healthy(info.api_url)
         assert (tmp_path / "prefect").is_dir()  # its PREFECT_HOME, with the SQLite database
+        assert server.worker_alive(info), "a process worker starts with it by default"
         again = lifeboat(tmp_path, "server", "start", "--port", port)
         assert again.stdout.startswith("already running:"), again.stdout + again.stderr
         status = lifeboat(tmp_path, "server", "status")
@@ -48,8 +49,9 @@ def test_start_status_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         stopped = lifeboat(tmp_path, "server", "stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not server.healthy(info.api_url)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(info.pid, 0)  # nothing of its process group is left
+    for group in (info.pid, info.worker_pid):
+        with pytest.raises(ProcessLookupError):
+            os.killpg(group, 0)  # nothing of the server's or the worker's group is left
     status = lifeboat(tmp_path, "server", "status")
     assert status.returncode == 1 and "lifeboat server start" in status.stdout
     assert "no Lifeboat server was running" in lifeboat(tmp_path, "server", "stop").stdout

@@ -27,6 +27,9 @@ SPEC_COMMANDS = [
     ["provision"],
     ["status"],
     ["drill", "restore"],
+    ["deploy"],
+    ["recover", "switchover"],
+    ["recover", "after-failover"],
 ]
 IDS = ["-".join(c) for c in SPEC_COMMANDS]
 
@@ -441,3 +444,12 @@ def test_lab_fault_on_an_unknown_droplet(
 def test_a_bad_target_time_is_refused_before_the_spec_is_read(when: str, message: str) -> None:
     result = invoke("drill", "restore", "--spec", "/nonexistent.yaml", "--target-time", when)
     refused(result, message)
+
+
+@pytest.mark.parametrize("command", ["deploy", "serve"])
+def test_deployments_without_a_server_say_how_to_start_one(command: str) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = invoke(command, "--spec", str(EXAMPLES / "compact.yaml"))
+    refused(result, "no Lifeboat server is running", "`lifeboat server start`")
