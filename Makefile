@@ -36,12 +36,19 @@ lab-up: deps
 lab-down: deps
 	$(UV) run lifeboat lab down
 
-demo: lab-up
-	$(UV) run lifeboat lab status
+# The whole story, recorded in a Prefect server that stays up (with its UI and a worker):
+# the droplets reach it through the lab gateway, so it listens on every address.
+demo: deps
+	$(UV) run lifeboat server start --host 0.0.0.0
+	$(UV) run lifeboat lab up
+	$(UV) run lifeboat lab blocks
 	$(UV) run lifeboat up --spec examples/article.yaml
+	$(UV) run lifeboat deploy --spec examples/article.yaml --notify custom-webhook/lab
 	$(UV) run lifeboat backup --spec examples/article.yaml
+	$(UV) run lifeboat drill failover --spec examples/article.yaml --fault power-off --allow-destructive
 	$(UV) run lifeboat drill restore --spec examples/article.yaml
 	$(UV) run lifeboat status --spec examples/article.yaml
+	$(UV) run lifeboat server status --spec examples/article.yaml
 
 # Pure logic: no server, no lab; seconds.
 test-unit: deps

@@ -57,6 +57,9 @@ CREDENTIALS = typer.Option(
     help="Name of the credentials blocks to use (`lifeboat lab blocks` saves the local "
     "cloud's as `lab`).",
 )
+GUIDE_SPEC = typer.Option(
+    None, "--spec", help="Also say where the stack's site is and what to click for it."
+)
 NOTIFY = typer.Option(
     None,
     "--notify",
@@ -394,7 +397,7 @@ def server_start(
 
 
 @_command(server_app, "status")
-def server_status() -> None:
+def server_status(spec: Path = GUIDE_SPEC, credentials: str = CREDENTIALS) -> None:
     """Where the server is and whether it answers; exit 1 when none is running."""
     from lifeboat import server
 
@@ -403,6 +406,32 @@ def server_status() -> None:
         typer.echo("no Lifeboat server is running: `lifeboat server start`")
         raise typer.Exit(1)
     typer.echo(f"running: {_server_line(info)}")
+    if spec is not None:
+        _guide(info, _load_spec(spec), credentials)
+
+
+def _guide(info: Any, stack: Any, credentials: str) -> None:  # noqa: ANN401
+    """The stack's addresses and what to click in the UI (the end of `make demo`)."""
+    from blocks.credentials import DigitalOceanCredentials
+    from tasks import droplets
+    from tasks import wordpress as wp
+
+    lb = wp.load_balancer(droplets.api(DigitalOceanCredentials.load(credentials)), stack)
+    name = stack.name
+    typer.echo(
+        f"""
+Prefect UI   {info.ui_url}
+the site     http://{lb["ip"]}/  (Host: {stack.wordpress.site_domain(name)})
+what to click
+  Runs                        the runs of this demo: up, backup, failover and restore drills,
+                              after-failover (started by the promotion event); each run's
+                              Artifacts tab has its report
+  Deployments > {name}-restore-drill > Run > Quick run      a restore drill, one click
+  Deployments > {name}-failover-drill > Run > Custom run    choose the fault
+  Automations                 the promotion trigger and the notifications
+  Blocks                      the stack's spec, credentials and generated secrets
+`lifeboat lab notifications` lists what the automations sent; `lifeboat server stop` ends it."""
+    )
 
 
 @_command(server_app, "stop")
