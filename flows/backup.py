@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
 from blocks.stack import StackSpec
+from flows.report import Progress
 from tasks import backup as bk
 from tasks import events
 from tasks.context import StackContext, opened
@@ -77,14 +78,23 @@ def backup(
             raise _refused(spec, wait_seconds) from None
 
 
+BACKUP_STEPS = ["source", "base backup to Spaces", "catalog and WAL verified", "retention"]
+
+
 def _backup(ctx: StackContext) -> dict:
     spec = ctx.spec
+    progress = Progress(f"backup of {spec.name}", BACKUP_STEPS)
+    progress.step("source")
     source_name, why = bk.pick_source(ctx.remote, ctx.hosts)
     leftovers = bk.clear_leftovers_task(ctx)
+    progress.step("base backup to Spaces")
     facts = bk.take_task(ctx.remote, ctx.hosts, ctx.host(source_name))
+    progress.step("catalog and WAL verified")
     manifest = bk.record(ctx, facts, source_name, why)
     wal_range = bk.verify_wal(ctx, manifest)
+    progress.step("retention")
     kept = bk.retention(ctx)
+    progress.done()
     seconds = manifest["stopped_at"] - manifest["started_at"]
     report = {
         "id": manifest["id"],

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.secrets import WORDPRESS_ADMIN
 from blocks.stack import StackSpec
+from flows.report import Progress
 from tasks import backup as bk
 from tasks import catalog, drill, restore, scratch, site, sql, wal
 from tasks.backup import Entry
@@ -28,6 +29,13 @@ from tasks.hosts import Host
 from tasks.packages import install_packages
 
 SCRATCH = restore.Scratch("drill", 5499)
+DRILL_STEPS = [
+    "marker",
+    "scratch droplet",
+    "fetch, verify, extract, replay",
+    "checks",
+    "scratch droplet destroyed",
+]
 
 
 class DrillFailed(RuntimeError):
@@ -202,21 +210,26 @@ def restore_drill(
         if left:
             log.warning("removed what an earlier drill left: %s", ", ".join(left))
         host = None
+        progress = Progress(f"restore drill of {spec.name}", DRILL_STEPS)
         try:
+            progress.step("marker")
             lap = time.monotonic()
             marker, probe, segment = mark(ctx)
             report["marker"] = {"token": marker.token, "segment_archived": segment}
             steps["marker"] = time.monotonic() - lap
+            progress.step("scratch droplet")
             lap = time.monotonic()
             host = create_scratch(ctx)
             steps["droplet"] = time.monotonic() - lap
             lap = time.monotonic()
             prepare_scratch(ctx, host)
             steps["prepare"] = time.monotonic() - lap
+            progress.step("fetch, verify, extract, replay")
             timings = restore_backup(ctx, host, entry, target)
             steps["fetch and verify"] = timings.fetch
             steps["replay to writable"] = timings.recovery
             report["rto_s"] = round(time.monotonic() - t0, 1)
+            progress.step("checks")
             lap = time.monotonic()
             found, checks = verify(ctx, host, marker, probe, target is not None)
             steps["checks"] = time.monotonic() - lap
@@ -237,6 +250,7 @@ def restore_drill(
             report["error"] = str(e)
             raise
         finally:
+            progress.step("scratch droplet destroyed")
             lap = time.monotonic()
             if host is not None:
                 ctx.remote.forget(host)  # closed before its droplet goes
@@ -247,6 +261,7 @@ def restore_drill(
                 report["steps_s"] = {k: round(v, 1) for k, v in steps.items()}
                 report["total_s"] = round(time.monotonic() - t0, 1)
                 _publish(spec, report)
+                progress.done("passed" if report["ok"] else f"failed: {report.get('error')}")
     log.info(
         "restore drill of %s: backup %s restored, RTO %.1f s, RPO %s s",
         spec.name,

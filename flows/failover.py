@@ -22,10 +22,19 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from blocks.stack import StackSpec
+from flows.report import Progress
 from tasks import failover
 from tasks.context import StackContext, opened
 
 Fault = Literal["switchover", "stop-patroni", "kill-postgres", "power-off"]
+# No progress update between the fault and the first write after it: it would delay the
+# observations the figures are made of.
+FAILOVER_STEPS = [
+    "precheck",
+    "fault under the write probe",
+    "healthy again",
+    "writes and archive checked",
+]
 
 
 @flow(name="failover-drill", log_prints=False)
@@ -40,9 +49,11 @@ def failover_drill(
     writes lost and one leader, put the cluster back and wait until it is healthy."""
     failover.check_fault(fault, allow_destructive)  # before anything is touched
     log = get_run_logger()
+    progress = Progress(f"{fault} drill of {spec.name}", FAILOVER_STEPS)
     with opened(spec, credentials, stack) as ctx:
         ctx.require_complete()
         web = ctx.require_role("wordpress")[0]
+        progress.step("precheck")
         members = failover.precheck(ctx)
         old = next(m for m in members if m.is_leader)
         candidate = next(
@@ -51,6 +62,7 @@ def failover_drill(
         )
         run_id = f"{spec.name}-{fault}-{secrets.token_hex(4)}"
         old_host = ctx.host(old.name)
+        progress.step("fault under the write probe")
         failover.probe_start(ctx, web, run_id)
         record: list[dict] = []
         try:
@@ -62,7 +74,9 @@ def failover_drill(
         finally:
             record = failover.probe_stop(ctx, web, run_id)
             failover.put_back(ctx, fault, old_host)
+        progress.step("healthy again")
         back = failover.wait_back(ctx, fault_at)
+        progress.step("writes and archive checked")
         lost, archived = failover.check_writes(ctx, back["leader"], run_id, record)
     gap = failover.write_gap(record, fault_at)
     report = {
@@ -81,6 +95,7 @@ def failover_drill(
         "probe_from": web.name,
     }
     _publish(spec, report, failover.timeline_chart(record, fault_at))
+    progress.done(f"{len(lost)} acknowledged writes lost")
     if lost:
         raise failover.FailoverError(
             f"{len(lost)} acknowledged writes are not on the new primary: {lost[:10]}"
