@@ -2,7 +2,7 @@
 and API calls.
 
 Each flow here is a runbook's entry point with parameters the UI renders as a form: the
-stack is chosen from the stored spec blocks (`stack: StackSpecBlock`, a block picker),
+stack is chosen from the stored spec blocks (`stack: str`, a block picker),
 the fault is a choice, the target time a date-time, a destructive fault needs its box
 ticked. It runs the runbook's own code in this flow run (`.fn`), under the runbook's
 name, so a deployed run and a CLI run of the same runbook sit side by side in the UI.
@@ -42,96 +42,114 @@ ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
 
 
+class NoSuchStack(ValueError):
+    """A run names a stack whose spec block is not stored."""
+
+
+def stored_spec(stack: str) -> StackSpec:
+    """The spec stored as block `stack` (`lifeboat deploy` saves it), or an error naming
+    what is stored and how to store it."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        return StackSpecBlock.load(stack).spec
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+    with get_client(sync_client=True) as client:
+        stored = sorted(
+            d.name for d in client.read_block_documents_by_type("lifeboat-stack-spec") if d.name
+        )
+    raise NoSuchStack(
+        f"no stack spec block named {stack!r} (stored: {', '.join(stored) or 'none'}): "
+        "save it with `lifeboat deploy --spec FILE` (or pick one of those)"
+    ) from None
+
+
 class StackNotHealthy(RuntimeError):
     """The status runbook found problems (a deployed run fails, so it can notify)."""
 
 
 @flow(name="up")
-def up(stack: StackSpecBlock, credentials: str = "lab") -> dict:
+def up(stack: str, credentials: str = "lab") -> dict:
     """Provision, build the cluster and the site, first backup; a rerun changes nothing."""
-    return up_flow.up.fn(stack.spec, credentials)
+    return up_flow.up.fn(stored_spec(stack), credentials)
 
 
 @flow(name="backup")
-def backup(stack: StackSpecBlock, credentials: str = "lab", wait_seconds: float = 0) -> dict:
+def backup(stack: str, credentials: str = "lab", wait_seconds: float = 0) -> dict:
     """A base backup to Spaces, retention, WAL verified. A backup already running makes
     this one wait up to `wait_seconds`, then it is refused."""
-    return backup_flows.backup.fn(stack.spec, credentials, wait_seconds)
+    return backup_flows.backup.fn(stored_spec(stack), credentials, wait_seconds)
 
 
 @flow(name="backup-health")
 def backup_health(
-    stack: StackSpecBlock, credentials: str = "lab", max_archive_age: float | None = None
+    stack: str, credentials: str = "lab", max_archive_age: float | None = None
 ) -> dict:
     """Fails when WAL archiving lags or the newest backup is older than the schedule."""
-    return backup_flows.backup_health.fn(stack.spec, credentials, max_archive_age)
+    return backup_flows.backup_health.fn(stored_spec(stack), credentials, max_archive_age)
 
 
 @flow(name="status", log_prints=False)
-def stack_status(stack: StackSpecBlock, credentials: str = "lab") -> dict:
+def stack_status(stack: str, credentials: str = "lab") -> dict:
     """The stack as it is; the run fails when it is not healthy."""
-    report = status.stack_status.fn(stack.spec, credentials)
+    report = status.stack_status.fn(stored_spec(stack), credentials)
     if not report["ok"]:
-        raise StackNotHealthy(f"stack {stack.spec.name}: " + "; ".join(report["problems"]))
+        raise StackNotHealthy(f"stack {stack}: " + "; ".join(report["problems"]))
     return report
 
 
 @flow(name="restore-drill", log_prints=False)
 def restore_drill(
-    stack: StackSpecBlock,
+    stack: str,
     credentials: str = "lab",
     backup_id: str | None = None,
     target_time: datetime | None = None,
 ) -> dict:
     """Restore a backup (the newest, or the one `target_time` needs) into a scratch
     droplet, prove it, measure RTO and RPO; the scratch droplet is destroyed after."""
-    return drill.restore_drill.fn(stack.spec, credentials, backup_id, target_time)
+    return drill.restore_drill.fn(stored_spec(stack), credentials, backup_id, target_time)
 
 
 @flow(name="failover-drill", log_prints=False)
 def failover_drill(
-    stack: StackSpecBlock,
+    stack: str,
     credentials: str = "lab",
     fault: Fault = "switchover",
     allow_destructive: bool = False,
 ) -> dict:
     """Fault the primary while a probe writes; measure the write gap and lost writes.
     Every fault but switchover needs `allow_destructive`."""
-    return failover.failover_drill.fn(stack.spec, credentials, fault, allow_destructive)
+    return failover.failover_drill.fn(stored_spec(stack), credentials, fault, allow_destructive)
 
 
 @flow(name="recover-switchover", log_prints=False)
-def recover_switchover(
-    stack: StackSpecBlock, credentials: str = "lab", to: str | None = None
-) -> dict:
+def recover_switchover(stack: str, credentials: str = "lab", to: str | None = None) -> dict:
     """Move the primary to `to` (default: the synchronous standby), then verify."""
-    return recover.recover_switchover.fn(stack.spec, credentials, to)
+    return recover.recover_switchover.fn(stored_spec(stack), credentials, to)
 
 
 @flow(name="recover-reinit", log_prints=False)
-def recover_reinit(stack: StackSpecBlock, member: str, credentials: str = "lab") -> dict:
+def recover_reinit(stack: str, member: str, credentials: str = "lab") -> dict:
     """Rebuild replica `member` from the leader, then verify."""
-    return recover.recover_reinit.fn(stack.spec, credentials, member)
+    return recover.recover_reinit.fn(stored_spec(stack), credentials, member)
 
 
 @flow(name="after-failover", log_prints=False)
 def after_failover(
-    stack: StackSpecBlock,
+    stack: str,
     credentials: str = "lab",
     leader: str | None = None,
     rejoin_timeout: float = 600,
 ) -> dict:
     """After the primary moved (started by Patroni's role-change event): members back,
     routing and the site checked, a base backup on the new timeline."""
-    return after_failover_flow.after_failover.fn(stack.spec, credentials, leader, rejoin_timeout)
+    spec = stored_spec(stack)
+    return after_failover_flow.after_failover.fn(spec, credentials, leader, rejoin_timeout)
 
 
 # --- the table -----------------------------------------------------------------------------
-
-
-def stack_ref(name: str) -> dict:
-    """A deployment parameter naming a stored spec block; Prefect loads it at run time."""
-    return {"$ref": {"block_document_slug": f"lifeboat-stack-spec/{name}"}}
 
 
 def environment(spec: StackSpec, credentials: str) -> dict[str, str]:

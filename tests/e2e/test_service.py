@@ -23,9 +23,8 @@ def test_every_runbook_deployed_from_a_clean_clone(deployed, lab_blocks):
     spec = deployed["spec"]
     found = deployed["deployments"]
     assert sorted(found) == sorted(d["name"] for d in service.table(spec, lab_blocks))
-    ref = {"$ref": {"block_document_slug": f"lifeboat-stack-spec/{spec.name}"}}
     for d in found.values():
-        assert d.parameters["stack"] == ref and d.parameters["credentials"] == lab_blocks
+        assert d.parameters["stack"] == spec.name and d.parameters["credentials"] == lab_blocks
         assert (d.work_pool_name, d.work_queue_name) == ("lifeboat", f"stack-{spec.name}")
         assert d.pull_steps[0]["prefect.deployments.steps.set_working_directory"] == {
             "directory": str(deployed["clone"])
@@ -43,9 +42,9 @@ def test_every_runbook_deployed_from_a_clean_clone(deployed, lab_blocks):
     assert schedule("switchover-drill") == "0 5 1 * *"
     for name in ("recover-switchover", "recover-reinit", "failover-drill", "up"):
         assert schedule(name) is None, f"{name} runs on a click or an API call only"
-    # The UI renders a form: the stack as a block picker, the fault as a choice.
+    # The UI renders a form: the stack by name, the fault as a choice.
     schema = found[f"{spec.name}-failover-drill"].parameter_openapi_schema
-    assert schema["properties"]["stack"]["$ref"] == "#/definitions/StackSpecBlock"
+    assert schema["properties"]["stack"]["type"] == "string"
     assert schema["properties"]["fault"]["enum"] == [
         "switchover",
         "stop-patroni",
@@ -96,12 +95,13 @@ def test_a_run_for_a_spec_block_that_does_not_exist_fails_naming_it(
 ):
     api, spec = prefect_server.api_url, deployed["spec"]
     deployment = _curl(f"{api}/deployments/name/status/{spec.name}-status")
-    missing = {"$ref": {"block_document_slug": "lifeboat-stack-spec/no-such-stack"}}
-    body = json.dumps({"parameters": {"stack": missing}})
+    body = json.dumps({"parameters": {"stack": "no-such-stack"}})
     run = _curl("-X", "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", "-d", body)
     final = wait_flow_run(run["id"], timeout=300)
     assert final.state.is_failed()
-    assert "no-such-stack" in (final.state.message or ""), final.state.message
+    message = final.state.message or ""
+    assert "no stack spec block named 'no-such-stack'" in message, message
+    assert f"stored: {spec.name}" in message and "lifeboat deploy --spec" in message, message
 
 
 def _newer_runs(api: str, deployment_id: str, since: str) -> list[dict]:

@@ -36,7 +36,7 @@ def test_the_table_is_filled_in_for_the_stack():
         )
     }
     for row in rows.values():
-        assert row["parameters"]["stack"] == service.stack_ref("compact")
+        assert row["parameters"]["stack"] == "compact"
         assert row["parameters"]["credentials"] == "prod"
         assert row["work_pool"] == {"name": "lifeboat", "work_queue_name": "stack-compact"}
         assert "stack:compact" in row["tags"]
@@ -64,7 +64,7 @@ def test_serve_builds_the_same_set_with_their_schedules():
     health = built["compact-backup-health"].schedules[0].schedule
     assert health.interval.total_seconds() == 300
     assert built["compact-recover-reinit"].schedules == []
-    assert built["compact-up"].parameters["stack"] == service.stack_ref("compact")
+    assert built["compact-up"].parameters["stack"] == "compact"
     (trigger,) = built["compact-after-failover"].triggers
     assert trigger.expect == {"lifeboat.patroni.role.primary"}
 
