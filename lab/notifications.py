@@ -10,14 +10,9 @@ forgotten by `lab down`, which ends the receiver as it ends the release server: 
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 from lab import config, notify_receiver, processes
-from lifeboat.waiting import WaitTimeout, wait_until
 
 PID_FILE = config.RUN_DIR / "notify.pid"
 LOG_FILE = config.RUN_DIR / "notify.log"
@@ -45,41 +40,11 @@ def start() -> None:
     """Start the receiver; a running one is left as it is."""
     if _pid():
         return
-    log = LOG_FILE.open("ab")
-    with log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lab.notify_receiver",
-                "--bind",
-                str(config.GATEWAY),
-                "--port",
-                str(config.NOTIFY_PORT),
-                "--file",
-                str(FILE),
-                "--pid-file",  # also the marker by which `lab down` finds it
-                str(PID_FILE),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    PID_FILE.write_text(f"{proc.pid}\n")
-    try:
-        wait_until("the notification receiver", lambda: _serves(proc), timeout=30, every=0.1)
-    except (WaitTimeout, RuntimeError) as e:
-        processes.kill([proc.pid])
-        raise RuntimeError(f"the notification receiver did not start; see {LOG_FILE}") from e
-
-
-def _serves(proc: subprocess.Popen) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(f"the notification receiver exited; see {LOG_FILE}")
-    try:
-        with socket.create_connection((str(config.GATEWAY), config.NOTIFY_PORT), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    processes.start_server(
+        "notification receiver",
+        "lab.notify_receiver",
+        ["--bind", str(config.GATEWAY), "--port", str(config.NOTIFY_PORT), "--file", str(FILE)],
+        PID_FILE,
+        LOG_FILE,
+        config.NOTIFY_PORT,
+    )

@@ -8,12 +8,13 @@ Slack, e-mail or a webhook; in the local cloud it posts here.
   "content_type": <the header or null>, "body": <the body parsed as JSON, else its text>}`
   appended to F (flushed at once), answered 204.
 - `GET /notifications`: 200, the JSON list of the lines recorded in F.
-- Anything else: 404.
+- Anything else: 404 (a body over 1 MiB: 413).
 
-Plain HTTP: it listens on the lab gateway only, an address of this machine that no
-traffic leaves (lab/config.py), and what it records is what a test sent to itself; the
-client is Prefect's webhook block, which needs no CA to reach it. `--pid-file` is where
-lab/notifications.py records this process, and the marker by which `lab down` finds it.
+Plain HTTP: it listens on the lab gateway only, an address of this machine on a bridge
+whose traffic the host routes nowhere else (lab/config.py); its client, Prefect on this
+machine, sends nothing secret, so TLS (a lab CA certificate the block would have to
+trust) would protect nothing. `--pid-file` is where lab/notifications.py records this
+process, and the marker by which `lab down` finds it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from lifeboat.waiting import WaitTimeout, wait_until
@@ -66,3 +69,39 @@ def read_pid(pid_file: Path, needle: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pid if alive(pid) and any(needle in a for a in cmdline(pid)) else None
+
+
+def start_server(
+    what: str, module: str, args: list[str], pid_file: Path, log_file: Path, port: int
+) -> int:
+    """Start `python -m module args --pid-file pid_file` in its own session (the pid file's
+    path on its command line is the marker by which `lab down` finds it), record its PID,
+    and wait until it accepts connections on the gateway's `port`. Returns the PID."""
+    from lab import config
+
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", module, *args, "--pid-file", str(pid_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+
+    def serves() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {what} exited; see {log_file}")
+        try:
+            with socket.create_connection((str(config.GATEWAY), port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(f"the {what}", serves, timeout=30, every=0.1)
+    except (WaitTimeout, RuntimeError) as e:
+        kill([proc.pid])
+        raise RuntimeError(f"the {what} did not start; see {log_file}") from e
+    return proc.pid

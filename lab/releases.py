@@ -22,14 +22,10 @@ import io
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 from lab import ca, config, processes
-from lifeboat.waiting import WaitTimeout, wait_until
 
 VENDOR = Path(__file__).resolve().parents[2] / "shared" / "vendor"
 PG4WP_ARCHIVE = VENDOR / "pg4wp" / "postgresql-for-wordpress-3.4.tar.gz"
@@ -180,46 +176,13 @@ def start(rootfs: Path) -> dict[str, dict[str, str]]:
     if _pid():
         return served
     cert, key = ca.issue_server_cert("releases", [str(config.GATEWAY)], [])
-    log = LOG_FILE.open("ab")
-    with log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lab.release_server",
-                "--bind",
-                str(config.GATEWAY),
-                "--port",
-                str(config.RELEASES_PORT),
-                "--dir",
-                str(rootfs.parent / "releases"),
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--pid-file",  # also the marker by which `lab down` finds it
-                str(PID_FILE),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    PID_FILE.write_text(f"{proc.pid}\n")
-    try:
-        wait_until("the release server", lambda: _serves(proc), timeout=30, every=0.1)
-    except (WaitTimeout, RuntimeError) as e:
-        processes.kill([proc.pid])
-        raise RuntimeError(f"the release server did not start; see {LOG_FILE}") from e
+    processes.start_server(
+        "release server",
+        "lab.release_server",
+        ["--bind", str(config.GATEWAY), "--port", str(config.RELEASES_PORT)]
+        + ["--dir", str(rootfs.parent / "releases"), "--cert", str(cert), "--key", str(key)],
+        PID_FILE,
+        LOG_FILE,
+        config.RELEASES_PORT,
+    )
     return served
-
-
-def _serves(proc: subprocess.Popen) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(f"the release server exited; see {LOG_FILE}")
-    try:
-        with socket.create_connection((str(config.GATEWAY), config.RELEASES_PORT), timeout=0.5):
-            return True
-    except OSError:
-        return False

@@ -226,6 +226,8 @@ def deployed(
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Notifications to the local cloud's receiver (`lifeboat deploy --notify custom-webhook/lab`).
+    service.ensure_automations(spec, f"custom-webhook/{lab_blocks}")
     with get_client(sync_client=True) as client:
         found = {
             d.name: d for d in client.read_deployments() if f"stack:{spec.name}" in (d.tags or [])
@@ -305,3 +307,20 @@ def delete_backup(spec: StackSpec, credentials: str, backup_id: str) -> None:
     s3 = s3_client(SpacesCredentials.load(credentials))
     entry = next(e for e in catalog(spec, credentials) if e.backup.id == backup_id)
     bk.delete_keys(s3, spec.bucket, [entry.backup.keys[-1], *entry.backup.keys[:-1]])
+
+
+def notifications_since(since: float, *fragments: str) -> list[dict]:
+    """What the local cloud's receiver got after `since` (epoch) whose JSON holds every
+    fragment; NotYet when nothing does (for wait_for)."""
+    import json
+
+    from lab import notifications
+
+    got = [
+        n
+        for n in notifications.received()
+        if n["received_at"] >= since and all(f in json.dumps(n["body"]) for f in fragments)
+    ]
+    if not got:
+        raise NotYet(f"no notification with {fragments} yet")
+    return got

@@ -14,7 +14,14 @@ import pytest
 from flows import service
 from flows.recover import recover_switchover
 from lifeboat.waiting import NotYet
-from tests.e2e.conftest import catalog, delete_backup, healthy_cluster, wait_flow_run, wait_for
+from tests.e2e.conftest import (
+    catalog,
+    delete_backup,
+    healthy_cluster,
+    notifications_since,
+    wait_flow_run,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +101,7 @@ def test_a_run_for_a_spec_block_that_does_not_exist_fails_naming_it(
     deployed, worker, prefect_server
 ):
     api, spec = prefect_server.api_url, deployed["spec"]
+    since = time.time()
     deployment = _curl(f"{api}/deployments/name/status/{spec.name}-status")
     body = json.dumps({"parameters": {"stack": "no-such-stack"}})
     run = _curl("-X", "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", "-d", body)
@@ -102,6 +110,13 @@ def test_a_run_for_a_spec_block_that_does_not_exist_fails_naming_it(
     message = final.state.message or ""
     assert "no stack spec block named 'no-such-stack'" in message, message
     assert f"stored: {spec.name}" in message and "lifeboat deploy --spec" in message, message
+    # The stack's "a runbook failed" automation tells the operator.
+    wait_for(
+        "the failed-run notification",
+        lambda: notifications_since(since, f"Lifeboat {spec.name}: status failed", run["name"]),
+        timeout=120,
+        every=2,
+    )
 
 
 def _newer_runs(api: str, deployment_id: str, since: str) -> list[dict]:
@@ -135,6 +150,14 @@ def test_a_switchover_starts_the_after_failover_run_which_backs_up_the_new_timel
         return runs[0]
 
     run = wait_for("the after-failover run the event starts", started, timeout=120, every=2)
+    wait_for(
+        "the failover notification",
+        lambda: notifications_since(
+            time.time() - 300, f"Lifeboat {spec.name}: {new_leader} is the primary"
+        ),
+        timeout=120,
+        every=2,
+    )
     final = wait_flow_run(run["id"], timeout=900)
     assert final.state.is_completed(), f"{final.state.name}: {final.state.message}"
     members = healthy_cluster(spec, lab_blocks, timeout=120)
@@ -146,3 +169,22 @@ def test_a_switchover_starts_the_after_failover_run_which_backs_up_the_new_timel
         assert newest.stopped_at > time.time() - 1200
     finally:
         delete_backup(spec, lab_blocks, newest.id)
+
+
+def test_no_backup_within_the_window_notifies(deployed, lab_blocks):
+    """The proactive automation, with the 26 h window cut to 30 s: no backup succeeds in
+    it, and the operator hears of it."""
+    spec = deployed["spec"]
+    since = time.time()
+    service.ensure_automations(spec, f"custom-webhook/{lab_blocks}", backup_window=30)
+    try:
+        wait_for(
+            "the missing-backup notification",
+            lambda: notifications_since(
+                since, f"Lifeboat {spec.name}: no successful backup in 30 s"
+            ),
+            timeout=240,
+            every=3,
+        )
+    finally:
+        service.ensure_automations(spec, f"custom-webhook/{lab_blocks}")  # back to 26 h

@@ -85,7 +85,9 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
         cwd=ROOT,
     )
     try:
-        wait_until("the receiver", lambda: proc.poll() is None and _answers(port), timeout=30)
+        wait_until(
+            "the receiver", lambda: proc.poll() is None and _answers(port), timeout=30, every=0.05
+        )
         yield Receiver(port, file, proc.pid)
     finally:
         processes.kill([proc.pid])
