@@ -148,20 +148,28 @@ def shown(driver, xpath: str, what: str):
     )
 
 
-def open_deployment(driver, ui_url: str, name: str) -> None:
-    """From the UI's front page to the deployment's page, the way a user gets there: the
-    "Deployments" link, the deployment searched by its name, its link."""
+def open_deployment(driver, ui_url: str, stack: str, name: str) -> list[str]:
+    """From the UI's front page to deployment `name`'s page, the way a user gets there:
+    the "Deployments" link, the stack's deployments searched by its name, the link to the
+    one. Returns the names the search listed."""
+    from selenium.webdriver.common.by import By
+
     driver.get(ui_url)
     click(driver, link("Deployments"), 'the sidebar\'s "Deployments" link')
-    shown(driver, SEARCH_DEPLOYMENTS, "the deployments' search box").send_keys(name)
+    shown(driver, SEARCH_DEPLOYMENTS, "the deployments' search box").send_keys(stack)
+    shown(driver, link(name), f"the link to deployment {name}")
+    of_stack = f"//a[starts-with(normalize-space(), {xpath_text(stack + '-')})]"
+    listed = [a.text.strip() for a in driver.find_elements(By.XPATH, of_stack)]
+    screenshot(driver, "ui-deployments")
     click(driver, link(name), f"the link to deployment {name}")
     shown(driver, current_page(name), f"the page of deployment {name}")
+    return listed
 
 
-def quick_run(driver, name: str) -> str:
-    """On the deployment's page: "Run", then "Quick run" (and "Run" again when the UI asks
-    for the deployment's required parameters, filled in with its own). Returns the URL of
-    the created flow run's page, from the "Flow run created" toast."""
+def quick_run(driver, required: list[str]) -> str:
+    """On a deployment's page: "Run", then "Quick run" (and "Run" again when the UI asks
+    for the deployment's `required` parameters, filled in with its own). Returns the URL
+    of the created flow run's page, from the "Flow run created" toast."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
@@ -173,6 +181,9 @@ def quick_run(driver, name: str) -> str:
         "the run dialog or a toast after Quick run",
     )
     if driver.find_elements(*located[RUN_DIALOG]):
+        for parameter in required:  # the form is drawn (it loads after the dialog opens)
+            field = f"{RUN_DIALOG}//*[normalize-space()={xpath_text(parameter)}]"
+            shown(driver, field, f"parameter {parameter} in the run dialog")
         screenshot(driver, "ui-run-dialog")
         click(driver, button("Run", within=RUN_DIALOG), 'the run dialog\'s "Run" button')
     wait(driver).until(
@@ -209,9 +220,10 @@ def test_the_restore_drill_started_with_run_in_the_ui_completes(
     deployment = deployed["deployments"][name]
     driver = browser
     with evidence_on_failure(driver, "ui"):
-        open_deployment(driver, prefect_server.ui_url, name)
+        listed = open_deployment(driver, prefect_server.ui_url, spec.name, name)
+        assert name in listed and set(listed) <= set(deployed["deployments"]), listed
         clicked = datetime.now(UTC)
-        run_url = quick_run(driver, name)
+        run_url = quick_run(driver, deployment.parameter_openapi_schema.get("required", []))
 
         def the_run_from_the_click():
             runs = runs_created_since(deployment.id, clicked)
