@@ -403,7 +403,18 @@ class EventsSpec(_Section):
 
     # The Prefect API as the droplets reach it (the lab gateway's address in the local
     # cloud); none: events stay spooled on the droplets until one is set.
-    api_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?/api$")
+    api_url: str | None = None
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?/api", value):
+            raise ValueError(
+                f"events.api_url {value!r} is not a Prefect API URL: give the server's "
+                "address as the droplets reach it, ending in /api, e.g. "
+                "http://198.18.0.1:4200/api"
+            )
+        return value
 
 
 class PlannedNode(BaseModel):

@@ -267,5 +267,18 @@ def test_backup_schedule_must_be_cron(schedule: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "url", ["198.18.0.1:4200/api", "ftp://host/api", "http://host:4200", "http://h/api x"]
+)
+def test_events_api_url_must_be_a_prefect_api_url(url: str) -> None:
+    rejected("events.api_url .* is not a Prefect API URL.*ending in /api", events={"api_url": url})
+
+
+def test_events_api_url_may_be_left_out_or_given() -> None:
+    assert spec().events.api_url is None
+    given = spec(events={"api_url": "https://prefect.example.com/api"})
+    assert given.events.api_url == "https://prefect.example.com/api"
+
+
 def test_backup_retention_must_keep_something() -> None:
     rejected("greater than or equal to 1", backup={"retention_count": 0})
