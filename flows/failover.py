@@ -4,7 +4,8 @@ what the site lost.
 It starts only on a healthy cluster (one leader, replicas streaming with no lag, a
 synchronous standby when asked for, the archive current). A probe on a web droplet writes
 as WordPress does every 50 ms; the fault hits the primary (`switchover`, the planned one
-and the default; `stop-patroni`, `kill-postgres` and `power-off`, which need
+and the default; `stop-patroni`, `kill-postgres`, `power-off`, `partition` (the primary
+cut off from everything) and `etcd-partition` (from etcd only), which need
 allow_destructive); the drill waits for a leader that takes writes, puts the cluster back
 (powers the droplet on, starts Patroni) and waits until it is healthy again. Then it
 checks that every acknowledged write is on the primary (0 lost) and that archiving is
@@ -26,7 +27,9 @@ from flows.report import Progress
 from tasks import failover
 from tasks.context import StackContext, opened
 
-Fault = Literal["switchover", "stop-patroni", "kill-postgres", "power-off"]
+Fault = Literal[
+    "switchover", "stop-patroni", "kill-postgres", "power-off", "partition", "etcd-partition"
+]
 # No progress update between the fault and the first write after it: it would delay the
 # observations the figures are made of.
 FAILOVER_STEPS = [

@@ -531,7 +531,8 @@ def drill_failover_cmd(
     fault: str = typer.Option(
         "switchover",
         "--fault",
-        help="switchover (planned), stop-patroni, kill-postgres or power-off.",
+        help="switchover (planned), stop-patroni, kill-postgres, power-off, partition (the "
+        "primary cut off from everything) or etcd-partition (from etcd only).",
     ),
     allow_destructive: bool = typer.Option(
         False, "--allow-destructive", help="Consent to a fault other than switchover."

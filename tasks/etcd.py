@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 DATA_DIR = "/var/lib/etcd/default"
 MARKER = "/var/lib/etcd/lifeboat-cluster"
 CLIENT_PORT = 2379
+PEER_PORT = 2380
 ETCDCTL = "ETCDCTL_API=3 etcdctl --dial-timeout=3s --command-timeout=5s"
 
 
@@ -153,8 +154,8 @@ def assess(
         )
         if m is None:
             result.problems.append(f"{name} is not a member of the etcd cluster")
-        elif f"http://{ip}:2380" not in m.get("peerURLs", []):
-            result.problems.append(f"{name} advertises {m.get('peerURLs')}, not {ip}:2380")
+        elif f"http://{ip}:{PEER_PORT}" not in m.get("peerURLs", []):
+            result.problems.append(f"{name} advertises {m.get('peerURLs')}, not {ip}:{PEER_PORT}")
         if not healthy:
             result.problems.append(f"{name} ({ip}) is not healthy")
     extra = sorted(set(listed) - set(expected))

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import backup, droplets, patroni, sql, wal
+from tasks import backup, droplets, etcd, patroni, sql, wal
 from tasks.hosts import Host, put, run
 from tasks.render import TEMPLATES
 
@@ -31,7 +31,20 @@ if TYPE_CHECKING:
 TABLE = "lifeboat_failover_probe"
 PROBE = "/usr/local/lib/lifeboat/write-probe.php"
 WORK = "/var/lib/lifeboat-drill"
-FAULTS = ("switchover", "stop-patroni", "kill-postgres", "power-off")
+FAULTS = (
+    "switchover",
+    "stop-patroni",
+    "kill-postgres",
+    "power-off",
+    "partition",
+    "etcd-partition",
+)
+PARTITIONS = ("partition", "etcd-partition")
+# The partitions are nftables rules on the primary itself (as on any droplet, no cloud
+# API can cut one off from some peers only); a timer lifts them if the drill is lost.
+NFT_TABLE = "lifeboat_drill"
+HEAL_UNIT = "lifeboat-drill-heal"
+HEAL_AFTER = 600  # seconds
 DESTRUCTIVE = frozenset(FAULTS) - {"switchover"}
 
 
@@ -175,6 +188,62 @@ def kill_postgres(conn: Connection) -> None:
     )
 
 
+def partition_rules(fault: str, etcd_peers: list[str]) -> str:
+    """The nftables script of a partition on the primary.
+    - partition: cut off from everything but SSH (the drill's own control, from the
+      admin addresses), its clients included: it can acknowledge nothing.
+    - etcd-partition: cut off from the other etcd members only (client and peer ports,
+      both ways); its clients and replicas still reach it, so until Patroni demotes it
+      (it cannot renew its leader key) it is the one isolated primary that could
+      acknowledge writes."""
+    if fault == "partition":
+        return (
+            f"table inet {NFT_TABLE} {{\n"
+            "  chain input { type filter hook input priority -10; policy drop;"
+            ' iif "lo" accept; tcp dport 22 accept; }\n'
+            "  chain output { type filter hook output priority -10; policy drop;"
+            ' oif "lo" accept; tcp sport 22 accept; }\n'
+            "}\n"
+        )
+    if not etcd_peers:
+        raise DrillRefused("etcd-partition needs etcd members other than the primary")
+    peers = ", ".join(etcd_peers)
+    ports = f"{{ {etcd.CLIENT_PORT}, {etcd.PEER_PORT} }}"
+    return (
+        f"table inet {NFT_TABLE} {{\n"
+        f"  set peers {{ type ipv4_addr; elements = {{ {peers} }}; }}\n"
+        "  chain input { type filter hook input priority -10; policy accept;"
+        f" ip saddr @peers tcp dport {ports} drop; ip saddr @peers tcp sport {ports} drop; }}\n"
+        "  chain output { type filter hook output priority -10; policy accept;"
+        f" ip daddr @peers tcp dport {ports} drop; ip daddr @peers tcp sport {ports} drop; }}\n"
+        "}\n"
+    )
+
+
+def cut_off(conn: Connection, script: str) -> None:
+    """The heal timer first (so a lost drill never leaves a partitioned primary), then the
+    rules, atomically."""
+    heal(conn)
+    run(
+        conn,
+        f"systemd-run --quiet --unit={HEAL_UNIT} --on-active={HEAL_AFTER} "
+        f"/usr/sbin/nft delete table inet {NFT_TABLE}",
+        timeout=30,
+    )
+    put(conn, f"{WORK}/partition.nft", script, "0600", "root:root")
+    run(conn, f"nft -f {WORK}/partition.nft", timeout=30)
+
+
+def heal(conn: Connection) -> None:
+    """The partition lifted, and its timer gone (both may already be)."""
+    run(
+        conn,
+        f"nft delete table inet {NFT_TABLE} 2>/dev/null; "
+        f"systemctl stop {HEAL_UNIT}.timer 2>/dev/null; true",
+        timeout=30,
+    )
+
+
 # --- Prefect tasks -------------------------------------------------------------------------
 
 
@@ -243,6 +312,9 @@ def inject(ctx: StackContext, fault: str, leader: Host, candidate: str) -> tuple
             patroni.switchover(conn, ctx.spec, leader.name, candidate)
         elif fault == "stop-patroni":
             stop_patroni(conn)
+        elif fault in PARTITIONS:
+            peers = [h.private_ip for h in ctx.with_role("etcd") if h.name != leader.name]
+            cut_off(conn, partition_rules(fault, peers))
         else:
             kill_postgres(conn)
     return at, time.time()
@@ -254,7 +326,9 @@ def wait_leader(ctx: StackContext, old: str, fault: str, timeout: float = 180) -
     returns when it was seen (epoch seconds)."""
 
     def leader() -> str:
-        members = _members(ctx, exclude=old if fault == "power-off" else None)
+        # A cut-off primary still answers for itself (with its last view): ask the others.
+        gone = fault == "power-off" or fault in PARTITIONS
+        members = _members(ctx, exclude=old if gone else None)
         lead = [m for m in members if m.is_leader and m.state == "running"]
         if not lead or (fault != "kill-postgres" and lead[0].name == old):
             raise NotYet(", ".join(f"{m.name} {m.role} {m.state}" for m in members))
@@ -275,6 +349,9 @@ def put_back(ctx: StackContext, fault: str, old: Host) -> None:
     elif fault == "stop-patroni":
         with ctx.remote.connect(old) as conn:
             run(conn, "systemctl start patroni", timeout=120)
+    elif fault in PARTITIONS:
+        with ctx.remote.connect(old) as conn:
+            heal(conn)
 
 
 @task(name="healthy_again", cache_policy=NO_CACHE, retries=0)

@@ -14,6 +14,7 @@ import pytest
 from flows import service
 from flows.recover import recover_switchover
 from lifeboat.waiting import NotYet
+from tasks.failover import FAULTS
 from tests.e2e.conftest import (
     catalog,
     delete_backup,
@@ -52,12 +53,7 @@ def test_every_runbook_deployed_from_a_clean_clone(deployed, lab_blocks):
     # The UI renders a form: the stack by name, the fault as a choice.
     schema = found[f"{spec.name}-failover-drill"].parameter_openapi_schema
     assert schema["properties"]["stack"]["type"] == "string"
-    assert schema["properties"]["fault"]["enum"] == [
-        "switchover",
-        "stop-patroni",
-        "kill-postgres",
-        "power-off",
-    ]
+    assert schema["properties"]["fault"]["enum"] == list(FAULTS)
     target = found[f"{spec.name}-restore-drill"].parameter_openapi_schema["properties"]
     assert "date-time" in json.dumps(target["target_time"])
 

@@ -31,3 +31,39 @@ def test_no_ack_after_the_fault_is_no_gap_but_a_failure_to_report():
 def test_the_chart_shows_acks_failures_and_the_fault():
     chart = timeline_chart(_record([(0.0, True), (0.5, False), (1.0, True)]), 0.5, 0.25)
     assert chart.splitlines()[1] == "#.|.#".replace(".", " ")
+
+
+def test_the_flow_offers_the_faults_the_tasks_know():
+    from typing import get_args
+
+    from flows.failover import Fault
+    from tasks.failover import DESTRUCTIVE, FAULTS
+
+    assert get_args(Fault) == FAULTS
+    assert set(FAULTS) - {"switchover"} == DESTRUCTIVE
+
+
+def test_an_etcd_partition_cuts_the_etcd_ports_to_the_peers_only():
+    from tasks.failover import partition_rules
+
+    script = partition_rules("etcd-partition", ["10.0.0.3", "10.0.0.4"])
+    assert "elements = { 10.0.0.3, 10.0.0.4 }" in script
+    assert "policy accept" in script and "policy drop" not in script
+    assert script.count("{ 2379, 2380 } drop") == 4  # client and peer ports, both ways
+
+
+def test_a_partition_keeps_ssh_and_loopback_only():
+    from tasks.failover import partition_rules
+
+    script = partition_rules("partition", [])
+    assert script.count("policy drop") == 2
+    assert "tcp dport 22 accept" in script and "tcp sport 22 accept" in script
+
+
+def test_an_etcd_partition_without_peers_is_refused():
+    import pytest
+
+    from tasks.failover import DrillRefused, partition_rules
+
+    with pytest.raises(DrillRefused, match="etcd members other than the primary"):
+        partition_rules("etcd-partition", [])
