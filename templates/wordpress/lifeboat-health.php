@@ -32,13 +32,19 @@ function finish(array $result, int $started): void
 
 function failure(string $what): string
 {
-    // The first line of the driver's message only; it never contains the password.
+    // The first line of the driver's message only; it never contains the password. It
+    // goes to php-fpm's log, and into the answer only for the load balancer's checks and
+    // the droplet itself: a public request (it carries X-Forwarded-For) learns nothing of
+    // the database.
     $err = error_get_last();
     $msg = $err ? strtok($err['message'], "\n") : 'unknown error';
-    return $what . ': ' . preg_replace('/^pg_\w+\(\): /', '', $msg);
+    $detail = $what . ': ' . preg_replace('/^pg_\w+\(\): /', '', $msg);
+    error_log('lifeboat-health: ' . $detail);
+    return empty($_SERVER['HTTP_X_FORWARDED_FOR']) ? $detail : $what . ': database unavailable';
 }
 
 if (!is_readable(DB_SETTINGS)) {
+    error_log('lifeboat-health: ' . DB_SETTINGS . ' not readable');
     $result['error'] = 'database settings not readable';
     finish($result, $started);
 }

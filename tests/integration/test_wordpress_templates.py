@@ -8,6 +8,7 @@ Needs on the host: nginx, php-cli, php-pgsql (the Makefile's deps install them).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import subprocess
@@ -42,9 +43,16 @@ def article() -> StackSpec:
     return StackSpec.from_yaml(EXAMPLES / "article.yaml")
 
 
-def php(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def php(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [tool("php", "php-cli"), *args], capture_output=True, text=True, timeout=30, cwd=cwd
+        [tool("php", "php-cli"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -222,6 +230,48 @@ def test_health_endpoint_lints_and_reports_a_failed_connect_fast(tmp_path: Path)
     assert '"ok":false' in out.stdout and '"write":"not tried"' in out.stdout, out.stdout
     healthy, _ = wp.parse_health(503, out.stdout)
     assert not healthy
+
+
+def test_health_endpoint_tells_the_public_nothing_of_the_database(
+    spec: StackSpec, tmp_path: Path
+) -> None:
+    """A failed connect: the driver's words for the load balancer's checks (no
+    X-Forwarded-For), a generic line for a public request (the load balancer sets it)."""
+    db = wp.render_db_settings(spec, "127.0.0.1", free_port(), NASTY)
+    settings = write(tmp_path, "db.php", db)
+    text = render("wordpress/lifeboat-health.php").replace(
+        "'/etc/lifeboat/wordpress-db.php'", f"'{settings}'"
+    )
+    script = write(tmp_path, "health.php", text)
+    private = php("-d", "log_errors=0", str(script))
+    assert "connect: " in private.stdout and "database unavailable" not in private.stdout
+    public = php("-d", "log_errors=0", str(script), env={"HTTP_X_FORWARDED_FOR": "203.0.113.9"})
+    assert '"error":"connect: database unavailable"' in public.stdout, public.stdout
+    assert NASTY not in private.stdout + public.stdout
+
+
+def test_public_health_requests_are_rate_limited_and_the_load_balancers_never(
+    served_site: str,
+) -> None:
+    """Through the real nginx (php-fpm absent: 502 means "let through")."""
+    url = served_site + "/lifeboat-health.php"
+
+    def codes(headers: dict[str, str], n: int = 40) -> list[int]:
+        out = []
+        for _ in range(n):
+            request = urllib.request.Request(url, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    out.append(resp.status)
+            except urllib.error.HTTPError as exc:
+                out.append(exc.code)
+        return out
+
+    assert set(codes({})) == {502}  # the load balancer's checks: never limited
+    flood = codes({"X-Forwarded-For": "198.51.100.7, 203.0.113.9"})
+    assert flood[:10] == [502] * 10 and flood.count(429) > 20, flood
+    # Another client is limited on its own (per client, its burst is still there).
+    assert codes({"X-Forwarded-For": "203.0.113.10"}, n=5) == [502] * 5
 
 
 # --- fetch-release -------------------------------------------------------------------------
