@@ -2,9 +2,9 @@
 and API calls.
 
 Each flow here is a runbook's entry point with parameters the UI renders as a form: the
-stack is chosen from the stored spec blocks (`stack: str`, a block picker),
-the fault is a choice, the target time a date-time, a destructive fault needs its box
-ticked. It runs the runbook's own code in this flow run (`.fn`), under the runbook's
+stack by the name of its stored spec block (`lifeboat deploy` stores it, the deployment
+fills it in), the fault as a choice, the target time as a date-time, a destructive fault
+behind a box to tick. It runs the runbook's own code in this flow run (`.fn`), under the runbook's
 name, so a deployed run and a CLI run of the same runbook sit side by side in the UI.
 
 `deployments/prefect.yaml` is the one table of deployments (names, entry points,
