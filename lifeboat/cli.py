@@ -192,7 +192,7 @@ def _quiet_console() -> None:
                 handler.setFormatter(_NoTraceback(handler.formatter))
 
 
-def _run(flow: Any, *args: Any) -> Any:  # noqa: ANN401 - a Prefect flow and its result
+def _run(flow: Any, spec: Any, *args: Any) -> Any:  # noqa: ANN401 - a flow, a StackSpec
     """Run a runbook; its exception becomes RunbookFailed (with --debug: raised as is)."""
     if not _STATE["debug"]:
         _quiet_console()
@@ -207,8 +207,8 @@ def _run(flow: Any, *args: Any) -> Any:  # noqa: ANN401 - a Prefect flow and its
     from prefect import tags
 
     # Tagged as a deployed run is: the stack's automations (failure notices) see it too.
-    with tags("lifeboat", f"stack:{args[0].name}"):
-        state = flow(*args, return_state=True)
+    with tags("lifeboat", f"stack:{spec.name}"):
+        state = flow(spec, *args, return_state=True)
     try:
         return state.result()
     except Exception as exc:

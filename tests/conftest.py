@@ -47,6 +47,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
     the demo and operators run) on a throwaway PostgreSQL, in its own LIFEBOAT_HOME, for
     block round trips, runbook runs, deployments and workers alike. It listens on every
     address so the lab's droplets can post events to it through the lab gateway."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -73,10 +75,16 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
         # Where the example stacks' droplets post their events (tests/e2e example_spec).
         mp.setenv("LIFEBOAT_E2E_EVENTS_URL", f"http://{GATEWAY}:{info.port}/api")
         try:
-            with temporary_settings(updates={PREFECT_API_URL: info.api_url}):
+            with (
+                temporary_settings(updates={PREFECT_API_URL: info.api_url}),
+                # Threads (a backup started beside a test) start with no settings context
+                # of their own: they must find this server too, not start a temporary one.
+                _temporary_global_settings_context(get_settings_context()),
+            ):
                 yield info
-                # Logs still queued go now: after the server stops, the handler would
-                # retry them for a minute at exit.
+                # Logs and events still queued go now: after the server stops, the
+                # workers would retry them for a minute at exit.
                 APILogWorker.drain_all()
+                EventsWorker.drain_all()
         finally:
             server.stop()

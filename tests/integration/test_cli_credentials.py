@@ -214,7 +214,9 @@ def test_a_runbook_that_succeeds_prints_its_result(
 
     monkeypatch.setattr(flows.status, "stack_status", fine)
     monkeypatch.setattr(cli, "_blocks", lambda credentials: None)
-    assert cli._run(fine, None, "lab")["same"] is marker
+    from blocks.stack import StackSpec
+
+    assert cli._run(fine, StackSpec.from_yaml(SPEC), "lab")["same"] is marker
     result = invoke("status", "--spec", SPEC, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["ok"] is True

@@ -62,3 +62,18 @@ def test_a_database_url_that_is_not_postgresql_is_refused_before_starting(tmp_pa
     assert done.returncode == 2
     assert done.stderr.startswith("error: --database-url must be a PostgreSQL URL")
     assert not (tmp_path / "server.json").exists()
+
+
+def test_the_session_server_is_seen_from_other_threads(prefect_server) -> None:
+    """A runbook started in a thread beside a test (test_backup does) must use the
+    session's server: a thread has no settings context of its own, and without the global
+    one it would start a temporary server with its own concurrency limits."""
+    import threading
+
+    from prefect.settings import get_current_settings
+
+    seen: list[str | None] = []
+    thread = threading.Thread(target=lambda: seen.append(get_current_settings().api.url))
+    thread.start()
+    thread.join()
+    assert seen == [prefect_server.api_url]
