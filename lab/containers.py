@@ -122,6 +122,9 @@ def boot(droplet_id: int, name: str) -> int:
                 "-M",
                 name,
                 f"--network-namespace-path=/run/netns/{netns_name(droplet_id)}",
+                # Root on a droplet manages its own firewall (the failover drill's
+                # partitions are nftables rules on the primary); the namespace is its own.
+                "--capability=CAP_NET_ADMIN",
                 "--console=read-only",
             ],
         ),
