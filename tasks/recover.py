@@ -58,21 +58,26 @@ def _members(ctx: StackContext) -> list[patroni.Member]:
     return backup.members(ctx.remote, ctx.require_role("postgres"))
 
 
-def verified(ctx: StackContext, leader: str, timeout: float = 180) -> dict:
-    """The cluster healthy, every HAProxy routing its primary port to `leader`, and a WAL
-    segment archived from it."""
+def verified(ctx: StackContext, leader: str | None, timeout: float = 180) -> dict:
+    """The cluster healthy, every HAProxy routing its primary port to `leader` (None:
+    whichever member leads), and a WAL segment archived from it; with its timeline."""
     pg_hosts = ctx.require_role("postgres")
     members = patroni.verify(ctx.remote, pg_hosts, ctx.spec, timeout=timeout)
-    now = next(m.name for m in members if m.is_leader)
-    if now != leader:
-        raise RecoverError(f"the leader is {now}, not {leader}")
+    lead = next(m for m in members if m.is_leader)
+    if leader is not None and lead.name != leader:
+        raise RecoverError(f"the leader is {lead.name}, not {leader}")
     replicas = sorted(m.name for m in members if not m.is_leader)
     for host in ctx.with_role("haproxy"):
         with ctx.remote.connect(host) as conn:
-            haproxy.wait_backends(conn, leader, replicas, timeout=60)
-    with ctx.remote.connect(ctx.host(leader)) as conn:
+            haproxy.wait_backends(conn, lead.name, replicas, timeout=60)
+    with ctx.remote.connect(ctx.host(lead.name)) as conn:
         archived = wal.verify_archiving(conn, timeout=180)
-    return {"leader": leader, "replicas": replicas, "archived": archived}
+    return {
+        "leader": lead.name,
+        "replicas": replicas,
+        "archived": archived,
+        "timeline": lead.timeline,
+    }
 
 
 def _await(
@@ -202,8 +207,6 @@ def rejoin(ctx: StackContext, timeout: float = 600) -> dict[str, str]:
 
 @task(name="verify", cache_policy=NO_CACHE, retries=0)
 def verify(ctx: StackContext, timeout: float = 180) -> dict:
-    """The cluster healthy under whichever member leads now, every HAProxy routing to it,
-    the archive current; with the leader's timeline."""
-    members = patroni.verify(ctx.remote, ctx.require_role("postgres"), ctx.spec, timeout=timeout)
-    lead = next(m for m in members if m.is_leader)
-    return {**verified(ctx, lead.name), "timeline": lead.timeline}
+    """`verified` under whichever member leads now (once: one health wait, one archive
+    check)."""
+    return verified(ctx, None, timeout)
