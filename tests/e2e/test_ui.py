@@ -123,20 +123,42 @@ def evidence_on_failure(driver, name: str) -> Iterator[None]:
         raise
 
 
-def wait(driver, timeout: float = UI_TIMEOUT):
+def wait(driver, timeout: float = UI_TIMEOUT, ignored: tuple = ()):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored)
 
 
 def click(driver, xpath: str, what: str) -> None:
+    """Find and click in one step, again while the UI redraws: a list that re-renders
+    under a search (the deployments' does, after each keystroke's debounce) replaces the
+    element found between the find and the click (a CI run failed on that)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
-    element = wait(driver).until(
-        ec.element_to_be_clickable((By.XPATH, xpath)), f"{what} ({xpath}) to be clickable"
+    def clicked(d) -> bool:
+        element = ec.element_to_be_clickable((By.XPATH, xpath))(d)
+        if not element:
+            return False
+        element.click()
+        return True
+
+    wait(driver, ignored=(StaleElementReferenceException,)).until(
+        clicked, f"{what} ({xpath}) to be clickable"
     )
-    element.click()
+
+
+def texts(driver, xpath: str) -> list[str]:
+    """The stripped texts of the elements at `xpath`, read again if the UI redraws them
+    while they are read."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    return wait(driver, ignored=(StaleElementReferenceException,)).until(
+        lambda d: [e.text.strip() for e in d.find_elements(By.XPATH, xpath)] or None,
+        f"elements at {xpath}",
+    )
 
 
 def shown(driver, xpath: str, what: str):
@@ -152,14 +174,12 @@ def open_deployment(driver, ui_url: str, stack: str, name: str) -> list[str]:
     """From the UI's front page to deployment `name`'s page, the way a user gets there:
     the "Deployments" link, the stack's deployments searched by its name, the link to the
     one. Returns the names the search listed."""
-    from selenium.webdriver.common.by import By
-
     driver.get(ui_url)
     click(driver, link("Deployments"), 'the sidebar\'s "Deployments" link')
     shown(driver, SEARCH_DEPLOYMENTS, "the deployments' search box").send_keys(stack)
     shown(driver, link(name), f"the link to deployment {name}")
     of_stack = f"//a[starts-with(normalize-space(), {xpath_text(stack + '-')})]"
-    listed = [a.text.strip() for a in driver.find_elements(By.XPATH, of_stack)]
+    listed = texts(driver, of_stack)
     screenshot(driver, "ui-deployments")
     click(driver, link(name), f"the link to deployment {name}")
     shown(driver, current_page(name), f"the page of deployment {name}")
