@@ -94,14 +94,16 @@ def cluster(
 def _etcd(ctx: StackContext, run: _Run) -> dict[str, str]:
     etcd_hosts = ctx.with_role("etcd")
     members = etcd.members(etcd_hosts)
+    joining = etcd.admit(ctx.remote, etcd_hosts, ctx.spec, members)
     futures = etcd.configure_member.map(
-        unmapped(ctx.remote), etcd_hosts, unmapped(ctx.spec), unmapped(members)
+        unmapped(ctx.remote), etcd_hosts, unmapped(ctx.spec), unmapped(members), unmapped(joining)
     )
     configured = _by_name(etcd_hosts, futures.result())
     ec = etcd.converge(ctx.remote, etcd_hosts, configured, members)
     run.details["etcd"] = ec
     run.steps["etcd"] = _changes(
-        _on("formed from", [n for n, c in configured.items() if c["wiped"]]),
+        _on("joined by", sorted(joining)),
+        _on("formed from", [n for n, c in configured.items() if c["wiped"] and not joining]),
         _on("config on", [n for n, c in configured.items() if c["config_changed"]]),
         _on("started", ec["started"]),
         _on("restarted", ec["restarted"]),
@@ -147,6 +149,7 @@ def _patroni(ctx: StackContext, run: _Run, etcd_ips: list[str], wheels: object) 
         _on("config on", [n for n, c in pc.items() if c["config_changed"] or c["unit_changed"]]),
         _on("started", rep["started"]),
         _on("reloaded", rep["reloaded"]),
+        _on("switched over", [rep["switched_over"]] if rep["switched_over"] else []),
         _on("restarted", rep["restarted"]),
     )
     run.lap("patroni")

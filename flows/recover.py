@@ -1,15 +1,19 @@
 """recover: runbooks for one click or an API call. `switchover` moves the primary to a
 chosen replica (or the synchronous standby); `reinit` rebuilds a replica's data from the
-leader. Each verifies the cluster afterwards: healthy, HAProxy routing to the leader,
-the archive current. (Replacing a dead droplet and restoring into a new cluster are not
-built yet: issues 12 and 11.)"""
+leader; `replace` puts a new droplet in the place of a lost one (same name, roles and
+tags), joined as a replica and etcd member, behind the load balancer and firewalls. Each
+verifies the cluster afterwards: healthy, HAProxy routing to the leader, the archive
+current. (Restoring into a new cluster is not built yet: issue 11.)"""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
 from blocks.stack import StackSpec
+from flows.cluster import cluster
+from flows.provision import provision
 from flows.report import publish
+from flows.wordpress import wordpress
 from tasks import recover
 from tasks.context import StackContext, opened
 
@@ -36,6 +40,39 @@ def recover_reinit(
     with opened(spec, credentials, stack) as ctx:
         result = recover.reinit(ctx, member)
     _report(spec, "reinit", result)
+    return result
+
+
+@flow(name="recover-replace", log_prints=False)
+def recover_replace(
+    spec: StackSpec,
+    credentials: str = "lab",
+    member: str = "",
+    allow_destructive: bool = False,
+    stack: StackContext | None = None,
+) -> dict:
+    """Droplet `member` (off, gone or broken) destroyed and built again: provisioned,
+    joined to etcd and Patroni, routed, the site deployed again when the droplet served
+    it or routed it (a web or HAProxy droplet); then
+    verified. A running droplet is replaced only with `allow_destructive`; the leader
+    never (switch over first)."""
+    with opened(spec, credentials, stack) as ctx:
+        old = recover.retire(ctx, member, allow_destructive)
+        provision(spec, credentials, stack=ctx)
+        built = cluster(spec, credentials, stack=ctx)
+        new = recover.new_droplet(ctx, member, old["old_droplet"])
+        if {"haproxy", "wordpress"} & set(new.roles):  # the site's path to the database
+            wordpress(spec, credentials, stack=ctx)
+        result = {
+            "member": member,
+            "old_droplet": old["old_droplet"],
+            "old_status": old["old_status"],
+            "new_droplet": new.droplet_id,
+            "roles": ", ".join(new.roles),
+            "cluster": built["steps"],
+            **recover.verify(ctx),
+        }
+    _report(spec, "replace", result)
     return result
 
 

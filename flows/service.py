@@ -136,6 +136,15 @@ def recover_reinit(stack: str, member: str, credentials: str = "lab") -> dict:
     return recover.recover_reinit.fn(stored_spec(stack), credentials, member)
 
 
+@flow(name="recover-replace", log_prints=False)
+def recover_replace(
+    stack: str, member: str, credentials: str = "lab", allow_destructive: bool = False
+) -> dict:
+    """Destroy droplet `member` (off, gone or broken) and build a new one in its place,
+    joined as replica and etcd member; a running one only with `allow_destructive`."""
+    return recover.recover_replace.fn(stored_spec(stack), credentials, member, allow_destructive)
+
+
 @flow(name="after-failover", log_prints=False)
 def after_failover(
     stack: str,

@@ -601,6 +601,29 @@ def recover_reinit_cmd(
     )
 
 
+@_command(recover_app, "replace")
+def recover_replace_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    member: str = typer.Option(..., "--member", help="The droplet to replace, by name."),
+    allow_destructive: bool = typer.Option(
+        False, "--allow-destructive", help="Replace it even though it is running."
+    ),
+) -> None:
+    """Destroy a lost droplet (off, gone or broken) and build a new one in its place:
+    joined as replica and etcd member, routed, behind the load balancer; verified."""
+    stack = _load_spec(spec)
+    _blocks(credentials)
+    from flows.recover import recover_replace
+
+    result = _run(recover_replace, stack, credentials, member, allow_destructive)
+    typer.echo(
+        f"replaced {result['member']} ({result['roles']}) in {stack.name}: droplet "
+        f"{result['old_droplet'] or '(gone)'} -> {result['new_droplet']}; leader "
+        f"{result['leader']}, replicas {', '.join(result['replicas'])}"
+    )
+
+
 @_command(recover_app, "after-failover")
 def recover_after_failover_cmd(
     spec: Path = SPEC,

@@ -162,7 +162,8 @@ def wait_active(
         if down:
             raise CloudError(
                 f"{'; '.join(down)}: power it on (DigitalOcean: the droplet's Power On; the "
-                "local cloud: `lifeboat lab power-on NAME`), then rerun"
+                "local cloud: `lifeboat lab power-on NAME`) and rerun, or put a new droplet "
+                "in its place: `lifeboat recover replace --member NAME`"
             )
         waiting = sorted(n for n in names if found.get(n, {}).get("status") != "active")
         if waiting:

@@ -55,11 +55,49 @@ def _active(conn: Connection, unit: str) -> bool:
     return run(conn, f"systemctl is-active --quiet {unit}", warn=True, timeout=30).ok
 
 
-def configure(conn: Connection, host: Host, spec: StackSpec, member_ips: dict[str, str]) -> dict:
+def _marker(conn: Connection) -> str:
+    return run(conn, f"cat {MARKER} 2>/dev/null", warn=True, timeout=30).stdout.strip()
+
+
+def _foreign(host: Host, marker: str, token: str) -> EtcdError:
+    return EtcdError(
+        f"{host.name} is a member of etcd cluster {marker!r}, not {token!r}: "
+        "it belongs to another stack; destroy or rebuild the droplet"
+    )
+
+
+def _settings(env: str) -> list[str]:
+    """The lines of an /etc/default/etcd that matter once a member has data: etcd reads
+    the ETCD_INITIAL_* ones only when it first forms or joins a cluster."""
+    return [
+        line
+        for line in env.splitlines()
+        if line.strip() and not line.startswith(("#", "ETCD_INITIAL_"))
+    ]
+
+
+def _cluster_state(env: str) -> str | None:
+    for line in env.splitlines():
+        if line.startswith("ETCD_INITIAL_CLUSTER_STATE="):
+            return line.split("=", 1)[1].strip("'\"")
+    return None
+
+
+def configure(
+    conn: Connection,
+    host: Host,
+    spec: StackSpec,
+    member_ips: dict[str, str],
+    cluster_state: str | None = None,
+) -> dict:
     """Place /etc/default/etcd and, the first time only, wipe Debian's single-node data.
     Starts nothing (members of a new cluster must start together: see `start`).
-    Returns {"config_changed", "wiped", "active"}."""
+    `cluster_state` "existing" for a member joining a running cluster (see `admit`);
+    otherwise the state already written stays (a rerun changes nothing).
+    Returns {"config_changed", "restart_needed", "wiped", "active"}."""
     token = cluster_token(spec)
+    path, owner, mode = DESTINATIONS["etcd/etcd.env.j2"]
+    before = run(conn, f"cat {path} 2>/dev/null", warn=True, timeout=30).stdout
     content = render(
         "etcd/etcd.env.j2",
         name=host.name,
@@ -67,24 +105,28 @@ def configure(conn: Connection, host: Host, spec: StackSpec, member_ips: dict[st
         members=member_ips,
         cluster_token=token,
         data_dir=DATA_DIR,
+        cluster_state=cluster_state or _cluster_state(before) or "new",
     )
-    path, owner, mode = DESTINATIONS["etcd/etcd.env.j2"]
-    marker = run(conn, f"cat {MARKER} 2>/dev/null", warn=True, timeout=30).stdout.strip()
+    marker = _marker(conn)
     wiped = False
     if marker != token:
         if marker:
             # Another Lifeboat cluster's member: joining ours would need `member remove/add`.
-            raise EtcdError(
-                f"{host.name} is a member of etcd cluster {marker!r}, not {token!r}: "
-                "it belongs to another stack; destroy or rebuild the droplet"
-            )
+            raise _foreign(host, marker, token)
         run(conn, f"systemctl stop etcd && rm -rf {DATA_DIR}", timeout=120)
         wiped = True
     changed = put(conn, path, content, mode, owner)
     if wiped:
         run(conn, f"echo {shlex.quote(token)} > {MARKER} && chmod 0644 {MARKER}", timeout=30)
     run(conn, "systemctl enable --quiet etcd", timeout=60)
-    return {"config_changed": changed, "wiped": wiped, "active": _active(conn, "etcd")}
+    return {
+        "config_changed": changed,
+        # A new peer address in ETCD_INITIAL_CLUSTER (a member replaced) is no reason to
+        # restart the members that have data: they never read it again.
+        "restart_needed": changed and _settings(before) != _settings(content),
+        "wiped": wiped,
+        "active": _active(conn, "etcd"),
+    }
 
 
 def start(conn: Connection) -> None:
@@ -103,6 +145,84 @@ def disable(conn: Connection) -> bool:
         return False
     run(conn, "systemctl disable --now --quiet etcd", timeout=120)
     return True
+
+
+# --- membership: a lost member replaced ------------------------------------------------
+
+
+def peer_url(ip: str) -> str:
+    return f"http://{ip}:{PEER_PORT}"
+
+
+def admission(listed: dict, name: str, ip: str, expected: dict[str, str]) -> tuple[list[int], bool]:
+    """For droplet `name` at `ip`, new (no data) and joining the running cluster whose
+    `member list` is `listed`: (IDs of members to remove first, whether to add it).
+    Removed: a started member of that name or address (the lost droplet's record: its
+    data is gone with it), and a never-started one at an address no planned member has
+    (an earlier attempt's). A never-started record at its own address is an earlier
+    attempt's `member add`: kept, not added twice."""
+    mine = peer_url(ip)
+    wanted = {peer_url(a) for a in expected.values()}
+    remove, add = [], True
+    for m in listed.get("members", []):
+        urls = m.get("peerURLs", [])
+        started = bool(m.get("name"))
+        if started and (m["name"] == name or mine in urls):
+            remove.append(m["ID"])
+        elif not started and mine in urls:
+            add = False
+        elif not started and not wanted & set(urls):
+            remove.append(m["ID"])
+    return remove, add
+
+
+def member_list(conn: Connection, ips: list[str]) -> dict | None:
+    """`member list` through the given members; None when they do not answer (no
+    cluster formed yet, or no quorum)."""
+    res = run(conn, f"{ETCDCTL} --endpoints={endpoints(ips)} member list -w json", warn=True)
+    listed = _json(res.stdout, None) if res.ok else None
+    return listed if isinstance(listed, dict) and listed.get("members") else None
+
+
+@task(name="etcd_admit", cache_policy=NO_CACHE, retries=0)
+def admit(remote: Remote, hosts: list[Host], spec: StackSpec, members: dict) -> dict[str, str]:
+    """Members that must join a running cluster (a droplet replaced: new, no data, while
+    the others have ours): the lost member's record removed first (removing before adding
+    keeps the quorum), then the new one added. Returns {name: "existing"} for those, to
+    configure them to join rather than form a cluster; {} when the cluster is new or
+    whole."""
+    token = cluster_token(spec)
+    fresh, settled = [], []
+    for host in hosts:
+        with remote.connect(host) as conn:
+            marker = _marker(conn)
+        if marker and marker != token:
+            raise _foreign(host, marker, token)
+        (settled if marker else fresh).append(host)
+    if not fresh or not settled:
+        return {}
+    with remote.connect(settled[0]) as conn:
+        listed = member_list(conn, [h.private_ip for h in settled])
+        if listed is None:
+            raise EtcdError(
+                f"etcd members {', '.join(h.name for h in settled)} do not answer (no quorum): "
+                f"{', '.join(h.name for h in fresh)} cannot join; bring the others back first"
+            )
+        for host in fresh:
+            remove, add = admission(listed, host.name, host.private_ip, members)
+            for member_id in remove:
+                run(
+                    conn,
+                    f"{ETCDCTL} --endpoints={endpoints([settled[0].private_ip])} "
+                    f"member remove {member_id:x}",
+                )
+            if add:
+                run(
+                    conn,
+                    f"{ETCDCTL} --endpoints={endpoints([settled[0].private_ip])} "
+                    f"member add {shlex.quote(host.name)} --peer-urls={peer_url(host.private_ip)}",
+                )
+    return {h.name: "existing" for h in fresh}
 
 
 # --- health ------------------------------------------------------------------------------
@@ -212,9 +332,11 @@ def wait_healthy(conn: Connection, expected: dict[str, str], timeout: float = 12
 
 
 @task(name="etcd_configure", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def configure_member(remote: Remote, host: Host, spec: StackSpec, members: dict) -> dict:
+def configure_member(
+    remote: Remote, host: Host, spec: StackSpec, members: dict, joining: dict[str, str]
+) -> dict:
     with remote.connect(host) as conn:
-        return configure(conn, host, spec, members)
+        return configure(conn, host, spec, members, joining.get(host.name))
 
 
 # Waits for the cluster to converge: retrying would only wait longer; fail with the reason.
@@ -234,7 +356,7 @@ def converge(remote: Remote, hosts: list[Host], configured: dict, members: dict)
         wait_healthy(conn, members, timeout=180)
     for host in hosts:
         state = configured[host.name]
-        if state["config_changed"] and host.name not in started:
+        if state["restart_needed"] and host.name not in started:
             with remote.connect(host) as conn:
                 restart(conn)
                 wait_healthy(conn, members, timeout=120)

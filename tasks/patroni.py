@@ -462,6 +462,7 @@ class StartReport:
     started: list[str] = field(default_factory=list)
     reloaded: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
+    switched_over: str | None = None  # "old -> new": the leader handed over before its restart
 
 
 # --- Prefect tasks -------------------------------------------------------------------------
@@ -483,7 +484,8 @@ def converge(
     """First run: the first postgres host bootstraps alone and must lead before the others
     start (and clone from it). Later runs: start what is stopped, reload (SIGHUP, no
     PostgreSQL restart) what got a new patroni.yml, restart (replicas first) what got a
-    new unit. Ends when one leader runs and every replica streams with zero lag."""
+    new unit, the leader never in place: a switchover hands its role over first. Ends
+    when one leader runs and every replica streams with zero lag."""
     report = StartReport()
     first = hosts[0]
     with remote.connect(first) as conn:
@@ -518,6 +520,8 @@ def converge(
             if name not in to_restart:
                 continue
             with remote.connect(by_name[name]) as conn:
+                switched = _hand_over(conn, spec, name, ips, expected, report.restarted)
+                report.switched_over = switched or report.switched_over
                 restart_service(conn)
                 wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=300)
             report.restarted.append(name)
@@ -550,13 +554,7 @@ def apply_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, restart
         by_name = {h.name: h for h in hosts}
         for name in restart_order(members):
             with remote.connect(by_name[name]) as conn:
-                now = wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=300)
-                if any(m.name == name and m.is_leader for m in now) and len(now) > 1:
-                    candidate = _successor(now, restarted)
-                    log.info("switching over %s -> %s before restarting it", name, candidate)
-                    switchover(conn, spec, name, candidate)
-                    switched = f"{name} -> {candidate}"
-                    wait_healthy(conn, ips, expected, spec.synchronous_mode, 300)
+                switched = _hand_over(conn, spec, name, ips, expected, restarted) or switched
                 log.info("restarting %s (pending restart)", name)
                 restart_member(conn, spec, name)
                 wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=300)
@@ -575,6 +573,26 @@ def apply_parameters(remote: Remote, hosts: list[Host], spec: StackSpec, restart
         "restarted": restarted,
         "switched_over": switched,
     }
+
+
+def _hand_over(
+    conn: Connection,
+    spec: StackSpec,
+    name: str,
+    ips: list[str],
+    expected: list[str],
+    restarted: list[str],
+) -> str | None:
+    """Before member `name` restarts: if it leads (and is not alone), a switchover to
+    `_successor`, so that the leader is never restarted in place. Returns "old -> new"."""
+    now = wait_healthy(conn, ips, expected, spec.synchronous_mode, timeout=300)
+    if not any(m.name == name and m.is_leader for m in now) or len(now) < 2:
+        return None
+    candidate = _successor(now, restarted)
+    get_run_logger().info("switching over %s -> %s before restarting it", name, candidate)
+    switchover(conn, spec, name, candidate)
+    wait_healthy(conn, ips, expected, spec.synchronous_mode, 300)
+    return f"{name} -> {candidate}"
 
 
 def _successor(members: list[Member], restarted: list[str]) -> str:

@@ -1,5 +1,6 @@
-"""Recovery runbooks' pieces: a planned switchover to a chosen member, and a member's
-data directory rebuilt from the leader (reinit). Each refuses what Patroni would do
+"""Recovery runbooks' pieces: a planned switchover to a chosen member, a member's data
+directory rebuilt from the leader (reinit), a lost droplet retired so that a new one can
+take its place (replace). Each refuses what Patroni would do
 wrong or not at all (a candidate that is not a healthy replica, reinit of the leader)
 before touching anything, and waits for the result it promised."""
 
@@ -13,8 +14,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import backup, haproxy, patroni, wal
-from tasks.hosts import run
+from tasks import backup, droplets, haproxy, patroni, wal
+from tasks.hosts import Host, run
 
 if TYPE_CHECKING:
     from tasks.context import StackContext
@@ -210,3 +211,87 @@ def verify(ctx: StackContext, timeout: float = 180) -> dict:
     """`verified` under whichever member leads now (once: one health wait, one archive
     check)."""
     return verified(ctx, None, timeout)
+
+
+def _droplet(ctx: StackContext, name: str) -> dict | None:
+    return next((d for d in droplets.stack_droplets(ctx.do, ctx.spec) if d["name"] == name), None)
+
+
+def refuse_retire(
+    planned: dict[str, tuple[str, ...]],
+    member: str,
+    status: str | None,
+    members: list[patroni.Member] | None,
+    allow_running: bool,
+) -> str | None:
+    """Why droplet `member` (DigitalOcean status `status`, None when gone) must not be
+    replaced now, or None. `planned`: {droplet name: roles}; `members`: Patroni's view
+    (None when the droplet holds no database)."""
+    if member not in planned:
+        return f"{member} is not a droplet of the stack; its droplets: {', '.join(planned)}"
+    if members is not None:
+        leaders = [m.name for m in members if m.is_leader]
+        if member in leaders:
+            return (
+                f"{member} is the leader: switch over first (`lifeboat recover switchover`), "
+                "or, if it is dead, wait for the failover"
+            )
+        if not leaders:
+            return (
+                "the cluster has no leader to clone a new member from: recover the cluster "
+                "first (a failover, or a restore)"
+            )
+    if status == "active" and not allow_running:
+        return (
+            f"{member} is running (status active): replacing destroys it; power it off "
+            "first, or pass --allow-destructive"
+        )
+    return None
+
+
+@task(name="retire", cache_policy=NO_CACHE, retries=0)
+def retire(ctx: StackContext, member: str, allow_running: bool = False) -> dict:
+    """Droplet `member` destroyed (if it still exists) after the checks in
+    `refuse_retire`, so that provisioning creates a new one of the same name, roles and
+    tags. Its place in the load balancer and firewalls goes with it; its etcd record is
+    replaced when the new one joins (`etcd.admit`), its Patroni key expires (ttl).
+    Returns {"old_droplet", "old_status"}."""
+    planned = {n.name: n.roles for n in ctx.spec.nodes()}
+    found = _droplet(ctx, member)
+    status = found["status"] if found else None
+    members = None
+    if member in planned and "postgres" in planned[member]:
+        others = [h for h in ctx.with_role("postgres") if h.name != member]
+        try:
+            members = backup.members(ctx.remote, others)
+        except backup.BackupError:
+            members = []  # nobody answers: no leader
+    why = refuse_retire(planned, member, status, members, allow_running)
+    if why:
+        raise RecoverError(why)
+    if found is None:
+        return {"old_droplet": None, "old_status": "gone"}
+    host = ctx.hosts_by_name.get(member)
+    if host is not None:
+        ctx.remote.forget(host)
+    droplets.call(f"destroying droplet {member}", ctx.do.droplets.destroy, droplet_id=found["id"])
+
+    def gone() -> bool:
+        if _droplet(ctx, member) is not None:
+            raise NotYet(f"{member} still listed")
+        return True
+
+    try:
+        wait_until(f"{member} destroyed", gone, 300, every=1)
+    except WaitTimeout as e:
+        raise RecoverError(str(e)) from e
+    ctx.hosts = [h for h in ctx.hosts if h.name != member]
+    return {"old_droplet": found["id"], "old_status": status}
+
+
+def new_droplet(ctx: StackContext, member: str, old_id: int | None) -> Host:
+    """The droplet that replaced `member`: listed, active, another ID."""
+    host = ctx.hosts_by_name.get(member)
+    if host is None or host.droplet_id == old_id:
+        raise RecoverError(f"no new droplet {member} after provisioning")
+    return host

@@ -1,6 +1,7 @@
 """The cluster runbook against the local cloud, on examples/compact.yaml (5 droplets) under a
 unique stack name: from nothing to a verified cluster, a rerun that restarts nothing, a
-reload-only parameter change, and a restart-needing one applied replicas first.
+reload-only parameter change, and a restart-needing one applied replicas first; a changed
+Patroni unit rolled out without restarting the leader in place.
 
 The tests run in order on one stack (module fixture); each checks the result with its own
 probes (SSH, curl, psql through HAProxy), not only what the flow reports."""
@@ -233,6 +234,38 @@ def test_restart_parameter_reported_then_applied_replicas_first(stack, lab, lab_
     assert roles == ["leader", "replica", "sync_standby"]
     for backends in status["haproxy"].values():
         assert [s for s, st in backends["primary"].items() if st == "UP"] == [leader]
+
+
+def test_a_changed_patroni_unit_is_rolled_out_without_restarting_the_leader_in_place(
+    stack, lab, lab_blocks
+):
+    """A unit that differs from Lifeboat's (edited by hand here, as an upgrade would
+    change it) restarts Patroni on every member: replicas first, and the leader hands its
+    role over (switchover) before its own restart, rather than failing over under it."""
+    spec, db = stack["spec"], by_role(stack["hosts"], "postgres")
+    for host in db:
+        with ssh(lab, host.public_ip) as conn:
+            run(conn, "echo '# edited by hand' >> /etc/systemd/system/patroni.service")
+    leader = next(
+        m["name"] for m in patroni_cluster(lab, db[0])["members"] if m["role"] == "leader"
+    )
+    before = snapshot(lab, db)
+
+    result = cluster(spec, lab_blocks)
+
+    report = result["details"]["patroni"]["report"]
+    assert sorted(report["restarted"]) == [h.name for h in db]
+    assert report["restarted"][-1] == leader, report
+    assert report["switched_over"].startswith(f"{leader} -> "), report
+    assert f"switched over {leader} -> " in result["steps"]["patroni"]
+    after = snapshot(lab, db)
+    assert all(after[n]["since"]["patroni"] != before[n]["since"]["patroni"] for n in before)
+    members = patroni_cluster(lab, db[0])["members"]
+    assert next(m["name"] for m in members if m["role"] == "leader") != leader
+    assert {m["state"] for m in members if m["role"] != "leader"} == {"streaming"}
+    with ssh(lab, db[0].public_ip) as conn:
+        unit = run(conn, "cat /etc/systemd/system/patroni.service").stdout
+    assert "edited by hand" not in unit
 
 
 def test_no_secret_in_logs_artifacts_or_results(stack):

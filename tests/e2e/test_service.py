@@ -48,7 +48,13 @@ def test_every_runbook_deployed_from_a_clean_clone(deployed, lab_blocks):
     assert schedule("backup-health") == "every 0:05:00"
     assert schedule("restore-drill") == "0 4 * * 0"
     assert schedule("switchover-drill") == "0 5 1 * *"
-    for name in ("recover-switchover", "recover-reinit", "failover-drill", "up"):
+    for name in (
+        "recover-switchover",
+        "recover-reinit",
+        "recover-replace",
+        "failover-drill",
+        "up",
+    ):
         assert schedule(name) is None, f"{name} runs on a click or an API call only"
     # The UI renders a form: the stack by name, the fault as a choice.
     schema = found[f"{spec.name}-failover-drill"].parameter_openapi_schema

@@ -224,6 +224,44 @@ def health(down: tuple[str, ...] = ()) -> list[dict]:
     ]
 
 
+# A member replaced: clx-db-2 lost, its new droplet at 10.77.0.9 (or at the old address).
+NEW = {**EXPECTED, "clx-db-2": "10.77.0.9"}
+
+
+def test_a_replaced_members_old_record_goes_before_it_is_added():
+    assert etcd.admission(member_list(), "clx-db-2", "10.77.0.9", NEW) == (
+        [IDS["clx-db-2"]],
+        True,
+    )
+    # The same address again (an IP handed out twice): still the old record, by name.
+    assert etcd.admission(member_list(), "clx-db-2", "10.77.0.3", EXPECTED) == (
+        [IDS["clx-db-2"]],
+        True,
+    )
+
+
+def test_an_earlier_attempts_member_add_is_kept_or_cleared():
+    listed = member_list()
+    listed["members"] = [m for m in listed["members"] if m["name"] != "clx-db-2"]
+    unstarted = {"ID": 42, "peerURLs": ["http://10.77.0.9:2380"]}  # added, never started
+    listed["members"].append(unstarted)
+    assert etcd.admission(listed, "clx-db-2", "10.77.0.9", NEW) == ([], False)
+    # An attempt from a droplet since gone again (another address): removed, then added.
+    assert etcd.admission(listed, "clx-db-2", "10.77.0.10", {**NEW, "clx-db-2": "10.77.0.10"}) == (
+        [42],
+        True,
+    )
+
+
+def test_only_settings_etcd_reads_again_ask_for_a_restart():
+    old = 'ETCD_NAME="a"\nETCD_INITIAL_CLUSTER="a=http://1:2380"\nETCD_ELECTION_TIMEOUT="2000"\n'
+    moved = old.replace("1:2380", "9:2380")
+    assert etcd._settings(old) == etcd._settings(moved)
+    assert etcd._settings(old) != etcd._settings(old.replace("2000", "1000"))
+    assert etcd._cluster_state("ETCD_INITIAL_CLUSTER_STATE='existing'\n") == "existing"
+    assert etcd._cluster_state(old) is None
+
+
 def test_etcd_healthy_with_one_leader():
     result = etcd.assess(EXPECTED, member_list(), status(), health())
     assert result.ok, result.problems

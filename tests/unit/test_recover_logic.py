@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tasks.patroni import Member
-from tasks.recover import RecoverError, pick_candidate
+from tasks.recover import RecoverError, pick_candidate, refuse_retire
 
 MEMBERS = [
     Member("db-1", "leader", "running"),
@@ -42,3 +44,40 @@ def test_in_synchronous_mode_only_the_sync_standby_may_take_over():
     assert pick_candidate(MEMBERS, "db-3", synchronous=True) == ("db-1", "db-3")
     with pytest.raises(RecoverError, match=r"not the synchronous standby \(db-3\)"):
         pick_candidate(MEMBERS, "db-2", synchronous=True)
+
+
+PLANNED = {
+    "db-1": ("etcd", "postgres"),
+    "db-2": ("etcd", "postgres"),
+    "web-1": ("haproxy", "wordpress"),
+}
+
+
+@pytest.mark.parametrize(
+    ("member", "status", "members", "allow", "why"),
+    [
+        ("db-9", None, None, False, "not a droplet of the stack; its droplets: db-1, db-2, web-1"),
+        ("db-1", "active", MEMBERS, True, "db-1 is the leader: switch over first"),
+        ("db-1", "off", MEMBERS, False, "db-1 is the leader"),  # its key not yet expired
+        ("db-2", "off", [Member("db-3", "replica", "streaming")], False, "no leader"),
+        ("db-2", "active", MEMBERS, False, "db-2 is running .* pass --allow-destructive"),
+        ("web-1", "active", None, False, "web-1 is running"),
+    ],
+)
+def test_a_replacement_is_refused_before_anything_is_destroyed(member, status, members, allow, why):
+    found = refuse_retire(PLANNED, member, status, members, allow)
+    assert found is not None
+    assert re.search(why, found), found
+
+
+@pytest.mark.parametrize(
+    ("member", "status", "members", "allow"),
+    [
+        ("db-2", "off", MEMBERS, False),
+        ("db-2", None, MEMBERS, False),  # gone already
+        ("db-2", "active", MEMBERS, True),
+        ("web-1", "off", None, False),
+    ],
+)
+def test_a_lost_or_consented_droplet_may_be_replaced(member, status, members, allow):
+    assert refuse_retire(PLANNED, member, status, members, allow) is None

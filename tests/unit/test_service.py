@@ -31,6 +31,7 @@ def test_the_table_is_filled_in_for_the_stack():
             "failover-drill",
             "recover-switchover",
             "recover-reinit",
+            "recover-replace",
             "after-failover",
             "up",
         )
@@ -64,6 +65,7 @@ def test_serve_builds_the_same_set_with_their_schedules():
     health = built["compact-backup-health"].schedules[0].schedule
     assert health.interval.total_seconds() == 300
     assert built["compact-recover-reinit"].schedules == []
+    assert built["compact-recover-replace"].schedules == []
     assert built["compact-up"].parameters["stack"] == "compact"
     (trigger,) = built["compact-after-failover"].triggers
     assert trigger.expect == {"lifeboat.patroni.role.primary"}
