@@ -9,9 +9,9 @@ cut off from everything) and `etcd-partition` (from etcd only), which need
 allow_destructive); the drill waits for a leader that takes writes, puts the cluster back
 (powers the droplet on, starts Patroni) and waits until it is healthy again. Then it
 checks that every acknowledged write is on the primary (0 lost) and that archiving is
-current, and reports the write gap, time to a new leader, the old primary's return and
-the timeline, as Prefect artifacts (a table, and a chart of acknowledged and failed
-writes over time)."""
+current, and reports the write gap, time to a new leader, the old primary's return (with
+or without pg_rewind, read from Patroni's journal on it) and the timeline, as Prefect
+artifacts (a table, and a chart of acknowledged and failed writes over time)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def failover_drill(
             failover.put_back(ctx, fault, old_host)
         progress.step("healthy again")
         back = failover.wait_back(ctx, fault_at)
+        returned = failover.old_primary_return(ctx, old_host, fault_at, back["leader"])
         progress.step("writes and archive checked")
         lost, archived = failover.check_writes(ctx, back["leader"], run_id, record)
     gap = failover.write_gap(record, fault_at)
@@ -94,6 +95,7 @@ def failover_drill(
         "acked_writes_lost": len(lost),
         "timeline": back["timeline"],
         "healthy_again_s": back["seconds"],
+        "old_primary": returned,
         "archive_current": archived,
         "probe_from": web.name,
     }
@@ -131,6 +133,7 @@ def _publish(spec: StackSpec, report: dict, chart: str) -> None:
         f"acknowledged but lost: {report['acked_writes_lost']}",
         f"- healthy again {report['healthy_again_s']} s after the fault; archive current "
         f"({report['archive_current']})",
+        f"- the old primary: {report['old_primary']}",
         "",
         "Writes through HAProxy from " + report["probe_from"] + " ('#' acknowledged, 'x' failed):",
         "",

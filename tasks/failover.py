@@ -377,6 +377,39 @@ def wait_back(ctx: StackContext, fault_at: float) -> dict:
     }
 
 
+# Patroni's own words in its journal (patroni/postgresql/rewind.py, ha.py, 4.1).
+REWIND_RAN = "running pg_rewind from"
+REWIND_OK = "pg_rewind exit code=0"
+REINIT = ("reinitializing due to", "Removing data directory")
+
+
+def how_it_returned(journal: str, still_leader: bool) -> str:
+    """The old primary's way back, from Patroni's journal on it since the fault."""
+    if still_leader:
+        return "kept the leader role (no failover)"
+    if any(word in journal for word in REINIT):
+        return "rebuilt from the new leader (data directory removed)"
+    if REWIND_RAN in journal:
+        if REWIND_OK in journal:
+            return "rejoined as a replica after pg_rewind"
+        return "pg_rewind did not succeed: see Patroni's journal on the old primary"
+    return "rejoined as a replica without pg_rewind"
+
+
+@task(name="old_primary_return", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def old_primary_return(ctx: StackContext, old: Host, fault_at: float, leader: str) -> str:
+    """How the old primary came back (with or without pg_rewind, rebuilt, or still the
+    leader), read from Patroni's journal on it since the fault."""
+    with ctx.remote.connect(old) as conn:
+        journal = run(
+            conn,
+            f"journalctl -u patroni --since @{int(fault_at) - 1} --no-pager -o cat "
+            "| grep -E 'pg_rewind|reinitializ|Removing data directory' || true",
+            timeout=60,
+        ).stdout
+    return how_it_returned(journal, still_leader=old.name == leader)
+
+
 @task(name="probe_start", cache_policy=NO_CACHE, retries=0)
 def probe_start(ctx: StackContext, web: Host, run_id: str) -> None:
     with ctx.remote.connect(web) as conn:

@@ -29,6 +29,8 @@ def test_every_fault_loses_no_acknowledged_write(stacks, lab_blocks, fault):
     assert report["writes_acked"] > 20 and report["write_gap_s"] is not None
     if fault != "kill-postgres":
         assert report["new_leader"] != report["old_leader"]
+    # Back by itself (with or without pg_rewind), never rebuilt or left failed.
+    assert report["old_primary"].startswith(("rejoined as a replica", "kept the leader")), report
     members = healthy_cluster(spec, lab_blocks)
     assert [m.name for m in members if m.is_leader] == [report["new_leader"]]
 

@@ -3,7 +3,7 @@ without an acknowledgement that ends after the fault began, and the chart marks 
 
 from __future__ import annotations
 
-from tasks.failover import timeline_chart, write_gap
+from tasks.failover import how_it_returned, timeline_chart, write_gap
 
 
 def _record(oks: list[tuple[float, bool]]) -> list[dict]:
@@ -67,3 +67,18 @@ def test_an_etcd_partition_without_peers_is_refused():
 
     with pytest.raises(DrillRefused, match="etcd members other than the primary"):
         partition_rules("etcd-partition", [])
+
+
+def test_the_old_primarys_return_read_from_patronis_journal():
+    """Lines as Patroni 4.1 logs them (patroni/postgresql/rewind.py, __init__.py)."""
+    rewound = (
+        "INFO: running pg_rewind from user=rewind host=10.20.0.3 port=5432\n"
+        "INFO: pg_rewind exit code=0\n"
+    )
+    assert how_it_returned(rewound, still_leader=False) == "rejoined as a replica after pg_rewind"
+    assert how_it_returned("", still_leader=False) == "rejoined as a replica without pg_rewind"
+    assert how_it_returned("", still_leader=True).startswith("kept the leader role")
+    failed = "INFO: running pg_rewind from host=x\nINFO: pg_rewind exit code=1\n"
+    assert how_it_returned(failed, still_leader=False).startswith("pg_rewind did not succeed")
+    removed = failed + "INFO: Removing data directory: /var/lib/postgresql/15/patroni\n"
+    assert how_it_returned(removed, still_leader=False).startswith("rebuilt from the new leader")
