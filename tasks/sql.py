@@ -9,11 +9,17 @@ whatever quotes, dollars or newlines it holds.
 
 Passwords never appear on a command line: a password reaches psql through a 0600 password
 file named by PGPASSFILE (placed with `tasks.hosts.put`), and SQL that carries one is run
-from a 0600 file with `file=`.
+from a 0600 file with `file=`. Nor in SQL PostgreSQL could log (a failing statement is
+logged whole): a role's password is set as its SCRAM-SHA-256 verifier (`scram_verifier`),
+which lets the server check a login but not log in.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import secrets
 import shlex
 from dataclasses import dataclass
 
@@ -104,3 +110,23 @@ def query(conn: Connection, sql: str, target: Target = LOCAL, timeout: int = 30)
 def literal(value: str) -> str:
     """A SQL string literal (standard_conforming_strings, PostgreSQL's default)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 secret PostgreSQL stores for `password` (its `scram_build_secret`,
+    RFC 5802/7677; 4096 iterations and a 16-byte salt, as libpq's PQencryptPasswordConn).
+    `ALTER ROLE r PASSWORD '<verifier>'` stores it as is, so the password itself never
+    reaches the server. PostgreSQL normalises the password with SASLprep first; for ASCII
+    that is the identity, and the generated passwords are ASCII (others are refused)."""
+    if not password.isascii():
+        raise ValueError("a role password must be ASCII here (SASLprep is not applied)")
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"

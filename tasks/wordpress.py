@@ -40,7 +40,7 @@ from tasks import curl, droplets, site
 from tasks.haproxy import PGPASS, place_pgpass
 from tasks.hosts import Host, put, run, secret_file
 from tasks.render import DESTINATIONS, TEMPLATES, render
-from tasks.sql import literal, psql, through_haproxy
+from tasks.sql import literal, psql, scram_verifier, through_haproxy
 from tasks.wal import config_context
 
 if TYPE_CHECKING:
@@ -628,7 +628,9 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
     )
     flags = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
     if not attrs:
-        _secret_sql(conn, spec, f"CREATE ROLE {role} {flags} PASSWORD {_sql_str(password)};")
+        _secret_sql(
+            conn, spec, f"CREATE ROLE {role} {flags} PASSWORD {_sql_str(scram_verifier(password))};"
+        )
         done.append(f"created role {role}")
     elif attrs == "t":
         q(f"ALTER ROLE {role} {flags}")
@@ -649,7 +651,7 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
         q(f"REVOKE ALL ON DATABASE {dbname} FROM PUBLIC; GRANT ALL ON DATABASE {dbname} TO {role}")
         done.append(f"closed {dbname} to PUBLIC")
     if not _can_login(conn, spec):
-        _secret_sql(conn, spec, f"ALTER ROLE {role} PASSWORD {_sql_str(password)};")
+        _secret_sql(conn, spec, f"ALTER ROLE {role} PASSWORD {_sql_str(scram_verifier(password))};")
         done.append(f"set {role}'s password from the Secret block")
         if not _can_login(conn, spec):
             raise WordPressError(f"{role} cannot log in to {dbname} through HAProxy after setup")
@@ -663,8 +665,8 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
 
 
 def _secret_sql(conn: Connection, spec: StackSpec, sql: str) -> None:
-    """SQL that carries a password: in a 0600 file, removed at once (log_statement is off),
-    never on a command line."""
+    """SQL that carries a password's verifier (never the password: a failing statement is
+    logged whole): in a 0600 file, removed at once, never on a command line."""
     with secret_file(conn, SQL_FILE, sql + "\n"):
         _psql(
             conn,

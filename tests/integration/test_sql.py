@@ -4,6 +4,7 @@ Needs postgresql-15 and root (psql runs as postgres through runuser, as on a dro
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -89,6 +90,34 @@ def test_a_password_travels_in_the_password_file_only(server: Server, tmp_path: 
     denied = replace(target, passfile=str(wrong))
     res = sql.psql(conn, "SELECT 1", denied, warn=True)
     assert not res.ok and "password authentication failed" in res.stderr
+
+
+def test_a_password_set_as_its_scram_verifier_logs_in_and_matches_postgresqls(
+    server: Server, tmp_path: Path
+):
+    """PostgreSQL's own verifier for a password, rebuilt with its salt and iterations, is
+    ours byte for byte; a role given only our verifier logs in with the password."""
+    conn = invoke.Context()
+    password = "Gen3rated-Passw0rd_x"
+    sql.query(conn, f"CREATE ROLE scram1 LOGIN PASSWORD {sql.literal(password)}", server.target())
+    stored = sql.query(
+        conn, "SELECT rolpassword FROM pg_authid WHERE rolname = 'scram1'", server.target()
+    )
+    iterations, salt = stored.split("$")[1].split(":")
+    assert sql.scram_verifier(password, base64.b64decode(salt), int(iterations)) == stored
+
+    verifier = sql.scram_verifier(password)
+    assert password not in verifier
+    sql.query(conn, f"CREATE ROLE scram2 LOGIN PASSWORD {sql.literal(verifier)}", server.target())
+    passfile = tmp_path / "pgpass"
+    fd = os.open(passfile, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, f"127.0.0.1:{server.port}:*:scram2:{password}\n".encode())
+    os.close(fd)
+    target = replace(
+        sql.through_haproxy(server.port, "scram2", "postgres", str(passfile)),
+        psql=str(BIN / "psql"),
+    )
+    assert sql.query(conn, "SELECT current_user", target) == "scram2"
 
 
 def test_the_spec_refuses_exactly_postgresqls_reserved_words(server: Server):
