@@ -256,9 +256,12 @@ class StackContext:
         """The hosts, when every droplet the spec plans is active; else a ClusterError."""
         missing = sorted({n.name for n in self.spec.nodes()} - {h.name for h in self.hosts})
         if missing:
+            status = {d["name"]: d["status"] for d in droplets.stack_droplets(self.do, self.spec)}
+            found = "; ".join(f"{n} is {status.get(n, 'gone')}" for n in missing)
             raise ClusterError(
-                f"droplets of stack {self.spec.name} missing or not active: "
-                f"{', '.join(missing)}; run the provision runbook first (`lifeboat up`)"
+                f"droplets of stack {self.spec.name} not active: {found}. Power an off one on "
+                "and rerun, or put a new droplet in its place (`lifeboat recover replace "
+                "--member NAME`); a stack not built yet: `lifeboat up`"
             )
         return self.hosts
 

@@ -89,6 +89,7 @@ def test_a_droplet_that_is_off_is_named_at_once_with_what_brings_it_back(
         message = str(failed.value)
         assert f"{victim} (id {droplet['id']}) is off" in message, message
         assert "power it on" in message and "lifeboat lab power-on" in message, message
+        assert "lifeboat recover replace --member NAME" in message, message
         print(f"{name}: provision named the powered-off {victim} after {took:.1f} s")
         assert took < 120, f"provision took {took:.0f} s to say a droplet is off"
         # A backup needs one healthy database droplet, not every droplet: it runs. Its

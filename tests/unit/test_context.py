@@ -67,9 +67,15 @@ def test_opened_hands_down_the_parent_context_and_leaves_it_open(
     assert saved == ["prod"]
 
 
-def test_require_complete_names_the_missing_droplets(stack: StackContext) -> None:
-    with pytest.raises(ClusterError, match="compact-db-1, compact-db-2, compact-db-3"):
+def test_require_complete_names_each_missing_droplet_and_the_repair(
+    stack: StackContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = [{"name": "compact-db-2", "status": "off"}]
+    monkeypatch.setattr(droplets, "stack_droplets", lambda do, spec: listed)
+    with pytest.raises(ClusterError) as e:
         stack.require_complete()
+    assert "compact-db-1 is gone; compact-db-2 is off; compact-db-3 is gone" in str(e.value)
+    assert "lifeboat recover replace --member NAME" in str(e.value)
 
 
 def test_resource_names_have_one_owner(spec: StackSpec) -> None:
