@@ -383,6 +383,9 @@ class BackupSpec(_Section):
     retention_days: int = Field(default=14, ge=1)
     # Bounds the age of the newest archived WAL, i.e. the RPO without streaming.
     archive_timeout: int = Field(default=60, ge=1)
+    # The bucket keeps versions: a deleted or overwritten object can be brought back
+    # (`lifeboat backup undelete`) for this many days, then its old version expires.
+    keep_deleted_days: int = Field(default=7, ge=1, le=365)
 
     @field_validator("schedule")
     @classmethod

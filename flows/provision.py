@@ -23,7 +23,7 @@ def provision(
     with opened(spec, credentials, stack) as ctx:
         droplets.check_account(ctx)
         outcome = droplets.cloud_resources(ctx)
-        outcome["spaces bucket"] = spaces.bucket(ctx.s3, spec.bucket)
+        outcome["spaces bucket"] = spaces.bucket(ctx.s3, spec.bucket, spec.backup.keep_deleted_days)
         ctx.hosts = droplets.verify(ctx)
     for what, result in outcome.items():
         log.info("%s: %s", what, result)

@@ -7,6 +7,8 @@ current. (Restoring into a new cluster is not built yet: issue 11.)"""
 
 from __future__ import annotations
 
+import datetime
+
 from prefect import flow, get_run_logger
 
 from blocks.stack import StackSpec
@@ -14,7 +16,7 @@ from flows.cluster import cluster
 from flows.provision import provision
 from flows.report import publish
 from flows.wordpress import wordpress
-from tasks import recover
+from tasks import backup, layout, recover, spaces
 from tasks.context import StackContext, opened
 
 
@@ -73,6 +75,35 @@ def recover_replace(
             **recover.verify(ctx),
         }
     _report(spec, "replace", result)
+    return result
+
+
+@flow(name="recover-undelete", log_prints=False)
+def recover_undelete(
+    spec: StackSpec,
+    credentials: str = "lab",
+    since: datetime.datetime | None = None,
+    stack: StackContext | None = None,
+) -> dict:
+    """Objects of the stack (backups, WAL, media) deleted at or after `since` brought back
+    from the bucket's versions (kept `backup.keep_deleted_days`); then the catalog as it
+    now reads. A deletion older than that is gone for good."""
+    now = datetime.datetime.now(datetime.UTC)
+    if since is None or since.tzinfo is None or since > now:
+        raise recover.RecoverError(
+            f"since={since}: give a moment in the past with its time zone, e.g. "
+            f"{(now - datetime.timedelta(hours=1)).isoformat(timespec='seconds')}"
+        )
+    with opened(spec, credentials, stack) as ctx:
+        keys = spaces.undelete_task(ctx.s3, spec.bucket, layout.stack_prefix(spec.name), since)
+        catalog, problems = backup.read_catalog(ctx.s3, spec.bucket, spec.name)
+    result = {
+        "restored": len(keys),
+        "keys": keys,
+        "backups": len(catalog),
+        "catalog problems": problems,
+    }
+    _report(spec, "undelete", {k: v for k, v in result.items() if k != "keys"})
     return result
 
 

@@ -624,6 +624,33 @@ def recover_replace_cmd(
     )
 
 
+@_command(recover_app, "undelete")
+def recover_undelete_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    since: str = typer.Option(
+        ..., "--since", help="Bring back what was deleted at or after this ISO 8601 moment."
+    ),
+) -> None:
+    """Backups, WAL and media of the stack deleted since a moment, brought back from the
+    bucket's versions (kept backup.keep_deleted_days)."""
+    stack = _load_spec(spec)
+    moment = _moment(since, "--since")
+    _blocks(credentials)
+    from flows.recover import recover_undelete
+
+    result = _run(recover_undelete, stack, credentials, moment)
+    typer.echo(
+        f"brought back {result['restored']} objects of {stack.name}; the catalog now holds "
+        f"{result['backups']} backups"
+        + (
+            f"; problems: {'; '.join(result['catalog problems'])}"
+            if result["catalog problems"]
+            else ""
+        )
+    )
+
+
 @_command(recover_app, "after-failover")
 def recover_after_failover_cmd(
     spec: Path = SPEC,
@@ -643,16 +670,16 @@ def recover_after_failover_cmd(
         typer.echo(f"{step}: {result[step]}")
 
 
-def _moment(text: str) -> datetime.datetime:
+def _moment(text: str, option: str = "--target-time") -> datetime.datetime:
     """An ISO 8601 moment with its time zone (a bare local time would be ambiguous)."""
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise BadInput(
-            f"--target-time {text!r} is not an ISO 8601 time: e.g. 2026-11-30T14:02:00Z"
+            f"{option} {text!r} is not an ISO 8601 time: e.g. 2026-11-30T14:02:00Z"
         ) from None
     if moment.tzinfo is None:
-        raise BadInput(f"--target-time {text!r} has no time zone: add one, e.g. {text}Z for UTC")
+        raise BadInput(f"{option} {text!r} has no time zone: add one, e.g. {text}Z for UTC")
     return moment
 
 

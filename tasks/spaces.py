@@ -1,7 +1,13 @@
-"""DigitalOcean Spaces through boto3 (buckets are made through the S3 API, not the DO API)."""
+"""DigitalOcean Spaces through boto3 (buckets are made through the S3 API, not the DO API).
+
+The stack's bucket keeps versions: a deleted or overwritten object (a mistake, or keys
+taken from a droplet) stays as a noncurrent version for `keep_deleted_days` and can be
+brought back (`undelete`); a lifecycle rule expires it after that, so retention's deletes
+still free the space."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import boto3
@@ -39,7 +45,32 @@ def s3_client(creds: SpacesCredentials, **config_overrides: Any):  # noqa: ANN20
     )
 
 
-def ensure_bucket(s3: Any, bucket: str) -> str:  # noqa: ANN401 - a boto3 S3 client
+def _rules(keep_deleted_days: int) -> list[dict]:
+    return [
+        {
+            "ID": "abort-incomplete-multipart",
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_MULTIPART_DAYS},
+        },
+        {
+            "ID": "expire-noncurrent-versions",
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": keep_deleted_days},
+        },
+    ]
+
+
+def _rule_set(rules: list[dict]) -> dict[str, dict]:
+    """Rules by ID, for comparing: only what Lifeboat sets (stores add their own keys)."""
+    keys = ("Status", "AbortIncompleteMultipartUpload", "NoncurrentVersionExpiration")
+    return {r.get("ID", ""): {k: r.get(k) for k in keys} for r in rules}
+
+
+def ensure_bucket(s3: Any, bucket: str, keep_deleted_days: int = 7) -> str:  # noqa: ANN401
+    """The bucket, versioned, with Lifeboat's lifecycle rules (other rules kept).
+    Returns "created", "updated" or "unchanged"."""
     outcome = "unchanged"
     try:
         s3.head_bucket(Bucket=bucket)
@@ -51,30 +82,57 @@ def ensure_bucket(s3: Any, bucket: str) -> str:  # noqa: ANN401 - a boto3 S3 cli
             ) from None
         s3.create_bucket(Bucket=bucket)
         outcome = "created"
-    rule = {
-        "ID": "abort-incomplete-multipart",
-        "Status": "Enabled",
-        "Filter": {"Prefix": ""},
-        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_MULTIPART_DAYS},
-    }
+    if s3.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled":
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        outcome = "updated" if outcome == "unchanged" else outcome
     try:
         current = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
     except ClientError:
         current = []
-    if not any(
-        r.get("ID") == rule["ID"]
-        and r.get("AbortIncompleteMultipartUpload") == rule["AbortIncompleteMultipartUpload"]
-        for r in current
-    ):
-        others = [r for r in current if r.get("ID") != rule["ID"]]
+    wanted = _rules(keep_deleted_days)
+    have = _rule_set(current)
+    if any(have.get(r["ID"]) != _rule_set([r])[r["ID"]] for r in wanted):
+        ours = {r["ID"] for r in wanted}
+        others = [r for r in current if r.get("ID") not in ours]
         s3.put_bucket_lifecycle_configuration(
-            Bucket=bucket, LifecycleConfiguration={"Rules": [*others, rule]}
+            Bucket=bucket, LifecycleConfiguration={"Rules": [*others, *wanted]}
         )
         outcome = "updated" if outcome == "unchanged" else outcome
     return outcome
 
 
+def deleted_since(versions: dict, since: datetime.datetime) -> list[dict]:
+    """From `list_object_versions` pages merged: the delete markers that are the latest
+    version of their key and were made at or after `since`, to the second (listings may
+    give whole seconds) ({"Key", "VersionId"})."""
+    start = since.replace(microsecond=0)
+    return [
+        {"Key": m["Key"], "VersionId": m["VersionId"]}
+        for m in versions.get("DeleteMarkers", [])
+        if m.get("IsLatest") and m["LastModified"] >= start
+    ]
+
+
+def undelete(s3: Any, bucket: str, prefix: str, since: datetime.datetime) -> list[str]:  # noqa: ANN401
+    """Objects under `prefix` deleted at or after `since` brought back: their delete
+    markers removed, so the version before each is current again. Returns the keys."""
+    merged: dict[str, list] = {"DeleteMarkers": []}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        merged["DeleteMarkers"] += page.get("DeleteMarkers", [])
+    markers = deleted_since(merged, since)
+    for marker in markers:
+        s3.delete_object(Bucket=bucket, Key=marker["Key"], VersionId=marker["VersionId"])
+    return sorted(m["Key"] for m in markers)
+
+
 @task(name="bucket", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def bucket(s3: Any, name: str) -> str:  # noqa: ANN401 - a boto3 S3 client
-    """The stack's bucket exists, with its lifecycle rule: created, updated or unchanged."""
-    return ensure_bucket(s3, name)
+def bucket(s3: Any, name: str, keep_deleted_days: int = 7) -> str:  # noqa: ANN401
+    """The stack's bucket exists, versioned, with its lifecycle rules: created, updated or
+    unchanged."""
+    return ensure_bucket(s3, name, keep_deleted_days)
+
+
+@task(name="undelete", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def undelete_task(s3: Any, bucket: str, prefix: str, since: datetime.datetime) -> list[str]:  # noqa: ANN401
+    """`undelete` as a task (a rerun finds nothing more to bring back)."""
+    return undelete(s3, bucket, prefix, since)

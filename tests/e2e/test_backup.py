@@ -2,10 +2,12 @@
 a backup under write load lands with its manifest while a second one is refused; an S3
 outage leaves WAL waiting on the primary and the archive catches up with no gap; the
 archive command's duplicate rules on a real droplet; a cut-off upload is never cataloged;
-retention deletes exactly what it should."""
+retention deletes exactly what it should; a deleted backup comes back from the bucket's
+versions."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import shlex
 import threading
@@ -16,6 +18,7 @@ import pytest
 from blocks.credentials import SpacesCredentials
 from blocks.stack import StackSpec
 from flows.backup import BackupRefused, backup, backup_health
+from flows.recover import recover_undelete
 from flows.status import stack_status
 from lab import faults
 from tasks import backup as bk
@@ -322,6 +325,25 @@ def test_an_unreadable_manifest_is_skipped_by_backups_and_named_by_backup_health
             backup_health(spec, lab_blocks)
     finally:
         s3.delete_object(Bucket=spec.bucket, Key=bad)
+    assert backup_health(spec, lab_blocks)["problems"] == []
+
+
+def test_a_deleted_backup_comes_back_from_the_buckets_versions(stacks, lab_blocks):
+    """Someone deletes the newest backup (a mistake, or the Spaces keys taken from a
+    droplet): the bucket kept versions, and `recover undelete --since` makes it whole."""
+    spec, _ = stack(stacks, "compact")
+    s3 = _s3(lab_blocks)
+    assert s3.get_bucket_versioning(Bucket=spec.bucket)["Status"] == "Enabled"
+    newest = bk.read_catalog(s3, spec.bucket, spec.name)[0][-1].backup
+    since = datetime.datetime.now(datetime.UTC)
+    bk.delete_keys(s3, spec.bucket, [newest.keys[-1], *newest.keys[:-1]])
+    assert newest.id not in [e.backup.id for e in bk.read_catalog(s3, spec.bucket, spec.name)[0]]
+
+    result = recover_undelete(spec, lab_blocks, since)
+
+    assert sorted(result["keys"]) == sorted(newest.keys), result
+    entries, problems = bk.read_catalog(s3, spec.bucket, spec.name)
+    assert newest.id in [e.backup.id for e in entries] and problems == []
     assert backup_health(spec, lab_blocks)["problems"] == []
 
 

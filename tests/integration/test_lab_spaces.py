@@ -6,6 +6,7 @@ that is up on this machine is not touched.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import socket
 import stat
@@ -20,7 +21,7 @@ import pytest
 
 from blocks.credentials import SpacesCredentials
 from lab import config, loadbalancers, processes, spaces
-from tasks.spaces import s3_client
+from tasks.spaces import ensure_bucket, s3_client, undelete
 
 pytestmark = [
     pytest.mark.lab,
@@ -140,6 +141,41 @@ def test_outage_fails_fast_and_restore_keeps_the_data(info: dict[str, Any]) -> N
         spaces.restore()
     assert spaces.is_up()
     assert s3.get_object(Bucket=BUCKET, Key="before-outage")["Body"].read() == b"kept"
+
+
+def test_the_stack_bucket_keeps_versions_and_deleted_objects_come_back(
+    info: dict[str, Any],
+) -> None:
+    """ensure_bucket turns versioning on with Lifeboat's lifecycle rules (a rerun changes
+    nothing); undelete brings back what was deleted since a moment, and only that."""
+    s3 = orchestrator_s3(info)
+    bucket = "versioned-stack"
+    assert ensure_bucket(s3, bucket, keep_deleted_days=3) == "created"
+    assert ensure_bucket(s3, bucket, keep_deleted_days=3) == "unchanged"
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": 3
+    }
+    assert "abort-incomplete-multipart" in rules
+    assert ensure_bucket(s3, bucket, keep_deleted_days=5) == "updated"
+
+    s3.put_object(Bucket=bucket, Key="st/1/wal/old", Body=b"deleted long ago")
+    s3.delete_object(Bucket=bucket, Key="st/1/wal/old")
+    time.sleep(2.1)  # listings give whole seconds
+    since = datetime.datetime.now(datetime.UTC)
+    for key, body in (("st/1/backups/b1/base.tar.zst", b"base"), ("other/x", b"not ours")):
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        s3.delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.get_object(Bucket=bucket, Key="st/1/backups/b1/base.tar.zst")
+
+    assert undelete(s3, bucket, "st/", since) == ["st/1/backups/b1/base.tar.zst"]
+    got = s3.get_object(Bucket=bucket, Key="st/1/backups/b1/base.tar.zst")["Body"].read()
+    assert got == b"base"
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert listed == ["st/1/backups/b1/base.tar.zst"]  # not the old one, not another prefix
+    assert undelete(s3, bucket, "st/", since) == []  # a rerun finds nothing more
 
 
 def test_stop_leaves_no_process(info: dict[str, Any]) -> None:

@@ -158,8 +158,8 @@ def test_droplet_goes_new_then_active_with_addresses_from_the_pools(lab: Lab) ->
 def test_power_actions_reach_the_machine_and_complete(lab: Lab) -> None:
     key = lab.client.ssh_keys.create(body={"name": "ops", "public_key": ED25519})["ssh_key"]
     droplet = create(lab, name="app-1", ssh_keys=[key["fingerprint"]])["droplet"]
+    active(lab, droplet["id"])  # the machine is built in the background: wait, then look
     assert lab.cloud.named("create_droplet")[0][1] == [ED25519]
-    active(lab, droplet["id"])
 
     action = lab.client.droplet_actions.post(droplet["id"], body={"type": "power_off"})["action"]
     assert action["status"] == "in-progress" and action["resource_id"] == droplet["id"]
