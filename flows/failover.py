@@ -68,12 +68,15 @@ def failover_drill(
         progress.step("fault under the write probe")
         failover.probe_start(ctx, web, run_id)
         record: list[dict] = []
+        site = failover.site_probe(ctx)
         try:
-            time.sleep(3)  # writes before the fault: the gap needs a last ack before it
-            fault_at, injected = failover.inject(ctx, fault, old_host, candidate)
-            leader_at = failover.wait_leader(ctx, old.name, fault)
-            failover.wait_writes(ctx, web, run_id, max(injected, leader_at))
-            time.sleep(2)  # a little more: the gap is measured up to that first ack
+            with site:
+                time.sleep(3)  # writes before the fault: the gap needs a last ack before it
+                fault_at, injected = failover.inject(ctx, fault, old_host, candidate)
+                leader_at = failover.wait_leader(ctx, old.name, fault)
+                writes_at = failover.wait_writes(ctx, web, run_id, max(injected, leader_at))
+                failover.wait_site(site, writes_at)
+                time.sleep(2)  # a little more: the gaps are measured up to those first acks
         finally:
             record = failover.probe_stop(ctx, web, run_id)
             failover.put_back(ctx, fault, old_host)
@@ -83,6 +86,7 @@ def failover_drill(
         progress.step("writes and archive checked")
         lost, archived = failover.check_writes(ctx, back["leader"], run_id, record)
     gap = failover.write_gap(record, fault_at)
+    site_gap = failover.write_gap(site.record, fault_at)
     report = {
         "stack": spec.name,
         "fault": fault,
@@ -92,6 +96,9 @@ def failover_drill(
         "write_gap_s": None if gap.seconds is None else round(gap.seconds, 2),
         "writes_acked": gap.acked,
         "writes_failed": gap.failed,
+        "site_gap_s": None if site_gap.seconds is None else round(site_gap.seconds, 2),
+        "pages_ok": site_gap.acked,
+        "pages_failed": site_gap.failed,
         "acked_writes_lost": len(lost),
         "timeline": back["timeline"],
         "healthy_again_s": back["seconds"],
@@ -131,6 +138,9 @@ def _publish(spec: StackSpec, report: dict, chart: str) -> None:
         f"- write gap: {report['write_gap_s']} s; leader after {report['leader_after_fault_s']} s",
         f"- writes acknowledged {report['writes_acked']}, failed {report['writes_failed']}, "
         f"acknowledged but lost: {report['acked_writes_lost']}",
+        f"- the site through the load balancer: gap {report['site_gap_s']} s (front pages "
+        f"served {report['pages_ok']}, failed {report['pages_failed']}; none served after "
+        "the fault when the gap is None)",
         f"- healthy again {report['healthy_again_s']} s after the fault; archive current "
         f"({report['archive_current']})",
         f"- the old primary: {report['old_primary']}",

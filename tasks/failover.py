@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import backup, droplets, etcd, patroni, sql, wal
+from tasks import backup, droplets, etcd, patroni, sql, wal, wordpress
 from tasks.hosts import Host, put, run
 from tasks.render import TEMPLATES
 
@@ -408,6 +409,58 @@ def old_primary_return(ctx: StackContext, old: Host, fault_at: float, leader: st
             timeout=60,
         ).stdout
     return how_it_returned(journal, still_leader=old.name == leader)
+
+
+class SiteProbe:
+    """The site's front page through the load balancer, asked from the orchestrator as a
+    visitor asks it, every `interval` s in a thread while the drill runs. Its records are
+    the write probe's shape ({"sent", "done", "ok", "error"}), so `write_gap` gives the
+    site's gap too. A page counts when it is HTTP 200 (WordPress answers 500 without its
+    database; the load balancer 503 without a healthy droplet)."""
+
+    def __init__(self, url: str, host: str, interval: float = 0.2, deadline: float = 2.0):
+        self.url, self.headers = url, {"Host": host}
+        self.interval, self.deadline = interval, deadline
+        self.record: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="site-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sent = time.time()
+            code, _, body = wordpress.http_get(self.url, self.deadline, self.headers)
+            done = time.time()
+            error = "" if code == 200 else (f"HTTP {code}" if code else body[:200])
+            self.record.append({"sent": sent, "done": done, "ok": code == 200, "error": error})
+            self._stop.wait(max(0.0, self.interval - (done - sent)))
+
+    def served_since(self, since: float) -> bool:
+        return any(r["ok"] and r["done"] > since for r in list(self.record))
+
+    def __enter__(self) -> SiteProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.deadline + 5)
+
+
+def site_probe(ctx: StackContext) -> SiteProbe:
+    lb = wordpress.load_balancer(ctx.do, ctx.spec)
+    return SiteProbe(f"http://{lb['ip']}/", ctx.spec.wordpress.site_domain(ctx.spec.name))
+
+
+@task(name="site_again", cache_policy=NO_CACHE, retries=0)
+def wait_site(site: SiteProbe, since: float, timeout: float = 60) -> bool:
+    """Until the front page was served after `since`; False (reported, not raised: the
+    write figures stand) when it was not within `timeout`."""
+    try:
+        return wait_until(
+            "a page served after the fault", lambda: site.served_since(since), timeout
+        )
+    except WaitTimeout:
+        return False
 
 
 @task(name="probe_start", cache_policy=NO_CACHE, retries=0)

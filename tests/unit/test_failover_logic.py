@@ -82,3 +82,46 @@ def test_the_old_primarys_return_read_from_patronis_journal():
     assert how_it_returned(failed, still_leader=False).startswith("pg_rewind did not succeed")
     removed = failed + "INFO: Removing data directory: /var/lib/postgresql/15/patroni\n"
     assert how_it_returned(removed, still_leader=False).startswith("rebuilt from the new leader")
+
+
+def test_the_site_probe_records_pages_and_its_gap_spans_the_failing_ones():
+    """A real HTTP server on loopback that fails for a while, as the site does while the
+    database has no primary: the probe's record gives the site's gap like the writes'."""
+    import http.server
+    import threading
+    import time
+
+    from tasks.failover import SiteProbe
+
+    failing = threading.Event()
+    seen_hosts = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen_hosts.append(self.headers["Host"])
+            self.send_response(500 if failing.is_set() else 200)
+            self.end_headers()
+            self.wfile.write(b"page")
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with SiteProbe(f"http://127.0.0.1:{server.server_port}/", "site.test", 0.05) as probe:
+            time.sleep(0.3)
+            fault_at = time.time()
+            failing.set()
+            time.sleep(0.5)
+            failing.clear()
+            back = time.time()
+            time.sleep(0.3)
+            assert probe.served_since(back)
+    finally:
+        server.shutdown()
+    gap = write_gap(probe.record, fault_at)
+    assert 0.5 <= gap.seconds < 1.2, gap
+    assert gap.failed >= 3 and gap.acked >= 6
+    assert set(seen_hosts) == {"site.test"}
+    assert {r["error"] for r in probe.record if not r["ok"]} == {"HTTP 500"}
