@@ -21,8 +21,8 @@ Rounds alternate which setting goes first. For each setting and fault: the write
 median, min-max and max, acknowledged writes lost (sum), time to a new leader, healthy
 again, and how the old primary came back; every trial's gap is printed too. The anchors
 of FIELD-NOTES (measured on another stack with `systemctl stop patroni` for the "planned"
-row) are printed beside them, not re-measured. Not measured: the site's gap (the probe
-writes; it does not read pages), and the watcher (not built).
+row) are printed beside them, not re-measured. The site's gap is the front page through
+the load balancer (the drill's SiteProbe). Not measured: the watcher (not built).
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def main() -> None:
                     reports.setdefault((setting, fault), []).append(report)
                     print(
                         f"round {rnd + 1} {setting:5} {fault:10} gap {report['write_gap_s']} s"
+                        f", site gap {report['site_gap_s']} s"
                         f", leader after {report['leader_after_fault_s']} s, lost "
                         f"{report['acked_writes_lost']}, {report['old_primary']}",
                         flush=True,
@@ -146,6 +147,7 @@ def print_table(reports: dict[tuple[str, str], list[dict]], rounds: int) -> None
         print(
             f"| {setting} | {fault} | {len(rs)} | {spread(gaps)} | "
             f"{max(gaps) if gaps else '-'} | {sum(r['acked_writes_lost'] for r in rs)} | "
+            f"{spread([r['site_gap_s'] for r in rs if r['site_gap_s'] is not None])} | "
             f"{spread([r['leader_after_fault_s'] for r in rs])} | "
             f"{spread([r['healthy_again_s'] for r in rs])} | {anchor or '-'} |"
         )

@@ -27,6 +27,7 @@ def test_every_fault_loses_no_acknowledged_write(stacks, lab_blocks, fault):
     print(f"{fault}: {report}")
     assert report["acked_writes_lost"] == 0
     assert report["writes_acked"] > 20 and report["write_gap_s"] is not None
+    assert report["site_gap_s"] is not None, "no front page served after the fault"
     if fault != "kill-postgres":
         assert report["new_leader"] != report["old_leader"]
     # Back by itself (with or without pg_rewind), never rebuilt or left failed.
