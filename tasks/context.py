@@ -53,7 +53,7 @@ class Remote:
     defect: a login that arrives while a droplet's idle user@0.service is being stopped
     waits ~100 s (systemd cannot kill the container's cgroup and waits for the timeout)."""
 
-    __slots__ = ("_ssh", "_initial", "_conns", "_locks", "_guard")  # never JSON-encoded
+    __slots__ = ("_ssh", "_initial", "_conns", "_locks", "_guard", "forgotten")  # no JSON
 
     def __init__(self, private_key: str, pins: dict[str, str]) -> None:
         self._ssh = SSH(private_key, dict(pins))
@@ -61,6 +61,7 @@ class Remote:
         self._conns: dict[str, Connection] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
+        self.forgotten: set[str] = set()  # pins of droplets destroyed in this run
 
     def __repr__(self) -> str:  # Prefect may show task arguments: never the key
         return f"Remote({len(self._ssh.pins)} pinned host keys)"
@@ -95,9 +96,11 @@ class Remote:
 
     def forget(self, host: Host) -> None:
         """Close the droplet's connection and drop its host key: for a droplet destroyed in
-        this run (a drill's scratch droplet), whose pin would only pile up in the block."""
+        this run (a drill's scratch droplet, a replaced one), whose pin would only pile up
+        in the block (`save_pins` removes it there too)."""
         self.drop(host)
         self._ssh.pins.pop(host.pin_key, None)
+        self.forgotten.add(host.pin_key)
 
     @property
     def new_pins(self) -> dict[str, str]:
@@ -388,9 +391,12 @@ def save_pins(credentials: str, remote: Remote) -> int:
     """Close `remote` and store the host keys it saw first (see StackContext.close)."""
     remote.close()
     new = remote.new_pins
-    if not new:
+    if not new and not remote.forgotten:
         return 0
     ident = _load(SSHIdentity, credentials)
-    ident.known_hosts = {**ident.known_hosts, **new}
+    kept = {k: v for k, v in ident.known_hosts.items() if k not in remote.forgotten}
+    if not new and kept == ident.known_hosts:
+        return 0
+    ident.known_hosts = {**kept, **new}
     ident.save(credentials, overwrite=True)
     return len(new)

@@ -271,9 +271,7 @@ def retire(ctx: StackContext, member: str, allow_running: bool = False) -> dict:
         raise RecoverError(why)
     if found is None:
         return {"old_droplet": None, "old_status": "gone"}
-    host = ctx.hosts_by_name.get(member)
-    if host is not None:
-        ctx.remote.forget(host)
+    ctx.remote.forget(Host.from_droplet(found))  # off droplets too: no pin left behind
     droplets.call(f"destroying droplet {member}", ctx.do.droplets.destroy, droplet_id=found["id"])
 
     def gone() -> bool:
