@@ -1,7 +1,8 @@
 """The web tier on the session's example stacks (brought up by `up`, which ends with the
 wordpress runbook): the health endpoint through the load balancer, a rerun that touches
-nothing, a powered-off web droplet, a broken droplet stopping a rollout, and a Patroni
-switchover the web tier follows without being touched. Each test that breaks something
+nothing, a powered-off web droplet, a broken droplet stopping a rollout, a Patroni
+switchover the web tier follows without being touched, and a flood of the health
+endpoint from one client. Each test that breaks something
 puts the stack back."""
 
 from __future__ import annotations
@@ -259,3 +260,57 @@ def test_health_recovers_after_switchover_without_touching_web(
             )
     finally:
         remote.close()
+
+
+def test_a_health_flood_from_one_client_is_limited_and_the_site_answers(
+    stacks: dict, do: pydo.Client, lab_blocks: str
+) -> None:
+    """30 s of the health endpoint as fast as 8 threads can ask, from one client through
+    the load balancer: nginx answers most of them 429 (each request that gets through
+    writes a row), the database's connections stay below max_connections, and the front
+    page keeps being served to the same client meanwhile."""
+    spec, _ = stack(stacks, "compact")
+    lb = wp.load_balancer(do, spec)
+    url = wp.lb_health_url(lb)
+    hosts, remote = rm.load(spec, lab_blocks)
+    lead = leader(cluster_members(spec, lab_blocks)).name
+    primary = next(h for h in hosts if h.name == lead)
+    psql = "runuser -u postgres -- psql -XAtq -h /var/run/postgresql -c"
+    codes: dict[int, int] = {}
+    lock, stop = threading.Lock(), threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            code, _, _ = wp.http_get(url, timeout=5)
+            with lock:
+                codes[code] = codes.get(code, 0) + 1
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    pages, connections = [], []
+    host_header = {"Host": spec.wordpress.site_domain(spec.name)}
+    try:
+        with remote.connect(primary) as conn:
+            limit = int(run(conn, f"{psql} 'SHOW max_connections'").stdout)
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                pages.append(wp.http_get(f"http://{lb['ip']}/", 5, host_header)[0])
+                count = run(conn, f"{psql} 'SELECT count(*) FROM pg_stat_activity'").stdout
+                connections.append(int(count))
+                time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        remote.close()
+    print(
+        f"flood: {codes}; front pages {pages.count(200)}/{len(pages)} answered 200; "
+        f"connections max {max(connections)} of {limit}"
+    )
+    assert codes.get(429, 0) > codes.get(200, 0), codes  # limited, most of it
+    assert max(connections) < limit, (connections, limit)
+    assert pages.count(200) >= 0.9 * len(pages), pages
+    time.sleep(3)  # the client's burst refills (20 a second)
+    healthy, data = health(lb)  # and the endpoint itself answers once the flood is over
+    assert healthy, data

@@ -250,6 +250,31 @@ def test_health_endpoint_tells_the_public_nothing_of_the_database(
     assert NASTY not in private.stdout + public.stdout
 
 
+def test_public_health_requests_are_rate_limited_and_the_load_balancers_never(
+    served_site: str,
+) -> None:
+    """Through the real nginx (php-fpm absent: 502 means "let through"): a burst of 50 per
+    client, then 20 a second; the load balancer's checks (no X-Forwarded-For) never."""
+    url = served_site + "/lifeboat-health.php"
+
+    def codes(headers: dict[str, str], n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            request = urllib.request.Request(url, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    out.append(resp.status)
+            except urllib.error.HTTPError as exc:
+                out.append(exc.code)
+        return out
+
+    assert set(codes({}, 120)) == {502}  # the load balancer's checks: never limited
+    flood = codes({"X-Forwarded-For": "198.51.100.7, 203.0.113.9"}, 120)
+    assert flood[:50] == [502] * 50 and flood.count(429) > 20, flood
+    # Another client is limited on its own (per client, its burst is still there).
+    assert codes({"X-Forwarded-For": "203.0.113.10"}, n=5) == [502] * 5
+
+
 # --- fetch-release -------------------------------------------------------------------------
 
 
