@@ -30,8 +30,10 @@ SPEC_COMMANDS = [
     ["deploy"],
     ["recover", "switchover"],
     ["recover", "after-failover"],
+    ["recover", "replace", "--member", "x-db-1"],
+    ["recover", "undelete", "--since", "2026-11-30T14:02:00Z"],
 ]
-IDS = ["-".join(c) for c in SPEC_COMMANDS]
+IDS = ["-".join(c[:2]) for c in SPEC_COMMANDS]
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:  # noqa: ANN401
@@ -453,3 +455,15 @@ def test_deployments_without_a_server_say_how_to_start_one(command: str) -> None
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         result = invoke(command, "--spec", str(EXAMPLES / "compact.yaml"))
     refused(result, "no Lifeboat server is running", "`lifeboat server start`")
+
+
+def test_undelete_needs_a_moment_with_its_time_zone() -> None:
+    spec = str(EXAMPLES / "compact.yaml")
+    refused(
+        invoke("recover", "undelete", "--spec", spec, "--since", "2026-11-30T14:02"),
+        "--since '2026-11-30T14:02' has no time zone",
+    )
+    refused(
+        invoke("recover", "undelete", "--spec", spec, "--since", "yesterday"),
+        "--since 'yesterday' is not an ISO 8601 time",
+    )
