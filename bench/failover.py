@@ -133,12 +133,12 @@ def main() -> None:
 
 def print_table(reports: dict[tuple[str, str], list[dict]], rounds: int) -> None:
     print(f"\nfailover of {STACK} (compact, synchronous), {rounds} alternating rounds")
-    print("write gap, leader after, healthy again: median (min-max) in s\n")
+    print("write gap, site gap, leader after, healthy again: median (min-max) in s\n")
     print(
-        "| setting | fault | n | write gap | max gap | lost acks | leader after | "
+        "| setting | fault | n | write gap | max gap | lost acks | site gap | leader after | "
         "healthy again | anchor (FIELD-NOTES) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (setting, fault), rs in sorted(reports.items()):
         gaps = [r["write_gap_s"] for r in rs if r["write_gap_s"] is not None]
         anchor = ANCHORS.get((setting, fault))
