@@ -87,12 +87,21 @@ def test_three_droplets_firewall_load_balancer_power_off(do: pydo.Client, lab: d
             ],
         }
     )["firewall"]
-    assert not remote_tcp(conns["lab-a"], private_ip(c), 80)
+    # Applied in the background, as on DigitalOcean (status "waiting", then "succeeded"):
+    # wait for the effect (a CI round once asserted it before the rules were in).
+    wait_for(
+        "c's port 80 closed by the firewall",
+        lambda: not remote_tcp(conns["lab-a"], private_ip(c), 80),
+        30,
+        every=1,
+    )
     assert tcp_state(public_ip(c), 80) == "silent"
     assert remote_tcp(conns["lab-a"], private_ip(c), 22)
     assert run(conns["lab-c"], "true").ok  # established SSH kept working
     do.firewalls.delete(firewall_id=fw["id"])
-    assert remote_tcp(conns["lab-a"], private_ip(c), 80)
+    wait_for(
+        "c's port 80 open again", lambda: remote_tcp(conns["lab-a"], private_ip(c), 80), 30, every=1
+    )
 
     # A load balancer with an HTTP health check sends traffic only to the healthy droplet.
     for d in (a, b):

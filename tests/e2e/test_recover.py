@@ -65,7 +65,10 @@ def _etcd_health(spec, credentials: str) -> etcd.EtcdHealth:
     return health
 
 
-@pytest.mark.parametrize("example", ["compact", "article"])
+# compact only in the suite (its database droplets are etcd members too, so one run
+# covers both memberships). ["article"] runs the etcd-only droplet (passed 2026-11-30 with
+# LIFEBOAT_E2E_EXAMPLES=article); left out of the suite for its time.
+@pytest.mark.parametrize("example", ["compact"])
 def test_replace_puts_a_new_droplet_in_a_powered_off_members_place(stacks, lab_blocks, do, example):
     """compact: a database replica, an etcd member too: the new droplet joins both (the
     lost etcd record removed first). article: an etcd droplet of its own. Nothing else is
