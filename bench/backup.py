@@ -41,6 +41,7 @@ from blocks.credentials import DigitalOceanCredentials, SpacesCredentials
 from blocks.stack import StackSpec
 from flows.cluster import cluster
 from flows.provision import provision
+from flows.up import up
 from lab import lifecycle
 from lab.credentials import save_blocks
 from tasks import backup, droplets, patroni, restore, spaces
@@ -187,6 +188,20 @@ def stack_up(spec: StackSpec, credentials: str, reuse: bool) -> None:
     provision(spec, credentials)
     cluster(spec, credentials)
     print(f"stack {spec.name} up (provision + cluster) in {time.monotonic() - t0:.0f} s")
+
+
+def whole_stack_up(spec: StackSpec, reuse: bool) -> tuple[str, Any]:
+    """The lab's blocks saved, `spec`'s stack destroyed first (unless `reuse`) and brought
+    up whole (`up`: cluster and site), timed. Returns (credentials block name, pydo
+    client), for the benchmarks that need a site (bench.drill, bench.failover)."""
+    credentials = save_blocks(lifecycle.info())
+    do = droplets.api(DigitalOceanCredentials.load(credentials))
+    if not reuse:
+        droplets.destroy_stack(do, spec)
+    t0 = time.monotonic()
+    up(spec, credentials)
+    print(f"stack {spec.name} up in {time.monotonic() - t0:.0f} s", flush=True)
+    return credentials, do
 
 
 def primary_of(conn: Connection, hosts: list[Host]) -> Host:

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-from bench.backup import bench_spec, clear_prefix, prepare_primary, primary_of
-from blocks.credentials import DigitalOceanCredentials, SpacesCredentials
+from bench.backup import bench_spec, clear_prefix, prepare_primary, primary_of, whole_stack_up
+from blocks.credentials import SpacesCredentials
 from flows.backup import backup
 from flows.drill import restore_drill
-from flows.up import up
-from lab import lifecycle
-from lab.credentials import save_blocks
 from tasks import context as rm
 from tasks import droplets
 
@@ -44,14 +40,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="do not destroy the stack first")
     args = parser.parse_args()
 
-    credentials = save_blocks(lifecycle.info())
     spec = bench_spec()
-    do = droplets.api(DigitalOceanCredentials.load(credentials))
-    if not args.reuse:
-        droplets.destroy_stack(do, spec)
-    t0 = time.monotonic()
-    up(spec, credentials)
-    print(f"stack {spec.name} up in {time.monotonic() - t0:.0f} s")
+    credentials, do = whole_stack_up(spec, args.reuse)
     try:
         hosts, remote = rm.load(spec, credentials)
         db_hosts = [h for h in hosts if "postgres" in h.roles]

@@ -33,16 +33,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import argparse  # noqa: E402 - Prefect reads the variable above when imported
 import statistics  # noqa: E402
-import time  # noqa: E402
 from collections import Counter  # noqa: E402
 
-from blocks.credentials import DigitalOceanCredentials  # noqa: E402
+from bench.backup import whole_stack_up  # noqa: E402
 from blocks.stack import StackSpec  # noqa: E402
 from flows.cluster import cluster  # noqa: E402
 from flows.failover import failover_drill  # noqa: E402
-from flows.up import up  # noqa: E402
-from lab import lifecycle  # noqa: E402
-from lab.credentials import save_blocks  # noqa: E402
 from tasks import context as rm  # noqa: E402
 from tasks import droplets, patroni  # noqa: E402
 
@@ -99,14 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     faults = args.faults.split(",")
 
-    credentials = save_blocks(lifecycle.info())
     spec = bench_spec()
-    do = droplets.api(DigitalOceanCredentials.load(credentials))
-    if not args.reuse:
-        droplets.destroy_stack(do, spec)
-    t0 = time.monotonic()
-    up(spec, credentials)
-    print(f"stack {spec.name} up in {time.monotonic() - t0:.0f} s", flush=True)
+    credentials, do = whole_stack_up(spec, args.reuse)
     reports: dict[tuple[str, str], list[dict]] = {}
     try:
         for rnd in range(args.rounds):

@@ -55,9 +55,8 @@ def recover_replace(
 ) -> dict:
     """Droplet `member` (off, gone or broken) destroyed and built again: provisioned,
     joined to etcd and Patroni, routed, the site deployed again when the droplet served
-    it or routed it (a web or HAProxy droplet); then
-    verified. A running droplet is replaced only with `allow_destructive`; the leader
-    never (switch over first)."""
+    it or routed it (a web or HAProxy droplet); then verified. A running droplet is
+    replaced only with `allow_destructive`; the leader never (switch over first)."""
     with opened(spec, credentials, stack) as ctx:
         old = recover.retire(ctx, member, allow_destructive)
         provision(spec, credentials, stack=ctx)

@@ -101,14 +101,14 @@ def ensure_bucket(s3: Any, bucket: str, keep_deleted_days: int = 7) -> str:  # n
     return outcome
 
 
-def deleted_since(versions: dict, since: datetime.datetime) -> list[dict]:
-    """From `list_object_versions` pages merged: the delete markers that are the latest
-    version of their key and were made at or after `since`, to the second (listings may
-    give whole seconds) ({"Key", "VersionId"})."""
+def deleted_since(markers: list[dict], since: datetime.datetime) -> list[dict]:
+    """Of `list_object_versions`' DeleteMarkers: those that are the latest version of
+    their key and were made at or after `since`, to the second (listings may give whole
+    seconds) ({"Key", "VersionId"})."""
     start = since.replace(microsecond=0)
     return [
         {"Key": m["Key"], "VersionId": m["VersionId"]}
-        for m in versions.get("DeleteMarkers", [])
+        for m in markers
         if m.get("IsLatest") and m["LastModified"] >= start
     ]
 
@@ -116,10 +116,8 @@ def deleted_since(versions: dict, since: datetime.datetime) -> list[dict]:
 def undelete(s3: Any, bucket: str, prefix: str, since: datetime.datetime) -> list[str]:  # noqa: ANN401
     """Objects under `prefix` deleted at or after `since` brought back: their delete
     markers removed, so the version before each is current again. Returns the keys."""
-    merged: dict[str, list] = {"DeleteMarkers": []}
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-        merged["DeleteMarkers"] += page.get("DeleteMarkers", [])
-    markers = deleted_since(merged, since)
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+    markers = deleted_since([m for page in pages for m in page.get("DeleteMarkers", [])], since)
     for marker in markers:
         s3.delete_object(Bucket=bucket, Key=marker["Key"], VersionId=marker["VersionId"])
     return sorted(m["Key"] for m in markers)
