@@ -12,23 +12,21 @@ happens, and a drill first removes what a killed one left."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
-from blocks.secrets import WORDPRESS_ADMIN
 from blocks.stack import StackSpec
 from flows.report import Progress
 from tasks import backup as bk
-from tasks import catalog, drill, restore, scratch, site, sql, wal
+from tasks import catalog, drill, restore
 from tasks.backup import Entry
 from tasks.context import StackContext, opened
-from tasks.hosts import Host
-from tasks.packages import install_packages
+from tasks.drill import DrillFailed
 
-SCRATCH = restore.Scratch("drill", 5499)
 DRILL_STEPS = [
     "marker",
     "scratch droplet",
@@ -36,10 +34,6 @@ DRILL_STEPS = [
     "checks",
     "scratch droplet destroyed",
 ]
-
-
-class DrillFailed(RuntimeError):
-    pass
 
 
 def choose_backup(
@@ -72,105 +66,6 @@ def choose_backup(
     raise DrillFailed(f"no backup {backup_id!r} in the catalog; it holds: {ids}")
 
 
-@task(name="marker", cache_policy=NO_CACHE, retries=0)
-def mark(ctx: StackContext) -> tuple[drill.Marker, dict | None, str]:
-    """The probe post through WordPress (when the stack has a site), then the marker and
-    the table counts on the primary, then its WAL segment closed and archived."""
-    spec = ctx.spec
-    probe = None
-    web = ctx.with_role("wordpress")
-    if web:
-        with ctx.remote.connect(web[0]) as conn:
-            probe = site.write_probe(conn, spec, ctx.wordpress_secrets[WORDPRESS_ADMIN])
-    with ctx.remote.connect(bk.leader_host(ctx.remote, ctx.hosts)) as conn:
-        database, prefix = "postgres", spec.wordpress.table_prefix
-        if web:
-            database = spec.wordpress.db_name
-        tables = drill.counted_tables(conn, database, prefix, sql.LOCAL) if web else []
-        marker = drill.write_marker(conn, database, tables)
-        segment = wal.verify_archiving(conn, timeout=300)
-    return marker, probe, segment
-
-
-@task(name="scratch_droplet", cache_policy=NO_CACHE, retries=0)
-def create_scratch(ctx: StackContext) -> Host:
-    return scratch.create(ctx.do, ctx.spec, ctx.public_key)
-
-
-@task(name="scratch_prepare", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def prepare_scratch(ctx: StackContext, host: Host) -> None:
-    """PostgreSQL and the WAL agent (it fetches WAL for the restore), as on a database
-    droplet; nothing of Patroni, etcd or HAProxy."""
-    with ctx.remote.connect(host) as conn:
-        install_packages(conn)
-        wal.configure(conn, ctx.spec, ctx.spaces_settings().reveal())
-
-
-@task(name="restore", cache_policy=NO_CACHE, retries=0)
-def restore_backup(
-    ctx: StackContext, host: Host, entry: Entry, target: float | None
-) -> restore.RestoreTimings:
-    (obj,) = entry.manifest["objects"]
-    with ctx.remote.connect(host) as conn:
-        restore.cleanup(conn, SCRATCH)
-        return restore.restore(
-            conn, SCRATCH, obj["key"], obj["sha256"], timeout=1800, target_time=target
-        )
-
-
-@task(name="verify", cache_policy=NO_CACHE, retries=0)
-def verify(
-    ctx: StackContext,
-    host: Host,
-    marker: drill.Marker,
-    probe: dict | None,
-    point_in_time: bool = False,
-) -> tuple[drill.Found, dict[str, str]]:
-    """Every check, each reported; DrillFailed naming every one that failed. To the end of
-    the archive: the drill's marker, probe post and the site's rows are there. To a point
-    in time (before the drill began): the drill's marker is not."""
-    checks: dict[str, str] = {}
-    problems: list[str] = []
-    prefix = ctx.spec.wordpress.table_prefix
-    with ctx.remote.connect(host) as conn:
-        if point_in_time:
-            found = drill.find_marker(conn, SCRATCH, marker, None, prefix, counted=False)
-            checks["marker"] = "absent, as it should be" if not found.marker_found else "FOUND"
-            if found.marker_found:
-                problems.append(f"marker {marker.token}, written after the target, is restored")
-        else:
-            title = probe["title"] if probe else None
-            found = drill.find_marker(conn, SCRATCH, marker, title, prefix)
-            checks["marker"] = "found" if found.marker_found else "MISSING"
-            if not found.marker_found:
-                problems.append(f"marker {marker.token} committed before the drill is missing")
-            if probe:
-                checks["probe post"] = "found" if found.probe_found else "MISSING"
-                if not found.probe_found:
-                    problems.append(f"probe post {probe['title']!r} is not restored")
-            differences = drill.count_differences(marker, found)
-            checks["site tables"] = (
-                f"{len(marker.counts)} tables, rows as with the marker"
-                if not differences
-                else "; ".join(differences)
-            )
-            problems += differences
-        for name, check in (("pg_amcheck", drill.amcheck), ("checksums", drill.checksums)):
-            try:
-                checks[name] = check(conn, SCRATCH)
-            except drill.DrillError as e:
-                checks[name] = "FAILED"
-                problems.append(str(e))
-    if problems:
-        raise DrillFailed("; ".join(problems))
-    return found, checks
-
-
-@task(name="scratch_remove", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def remove_scratch(ctx: StackContext) -> list[str]:
-    return scratch.remove(ctx.do, ctx.spec)
-
-
 @flow(name="restore-drill", log_prints=False)
 def restore_drill(
     spec: StackSpec,
@@ -185,16 +80,9 @@ def restore_drill(
     published either way."""
     log = get_run_logger()
     t0 = time.monotonic()
-    steps: dict[str, float] = {}
+    target = target_epoch(target_time)
     report: dict = {"stack": spec.name, "ok": False}
-    target = None
-    if target_time is not None:
-        if target_time.tzinfo is None:
-            raise DrillFailed(
-                f"target time {target_time.isoformat()} has no time zone: add one, e.g. "
-                f"{target_time.isoformat()}Z for UTC"
-            )
-        target = target_time.timestamp()
+    if target is not None:
         report["target_time"] = catalog.utc(target)
     with opened(spec, credentials, stack) as ctx:
         if not ctx.with_role("postgres"):
@@ -206,62 +94,10 @@ def restore_drill(
         for p in problems:
             log.warning("catalog: %s", p)
         report["backup"] = entry.backup.id
-        left = remove_scratch(ctx)
+        left = drill.remove_scratch(ctx)
         if left:
             log.warning("removed what an earlier drill left: %s", ", ".join(left))
-        host = None
-        progress = Progress(f"restore drill of {spec.name}", DRILL_STEPS)
-        try:
-            progress.step("marker")
-            lap = time.monotonic()
-            marker, probe, segment = mark(ctx)
-            report["marker"] = {"token": marker.token, "segment_archived": segment}
-            steps["marker"] = time.monotonic() - lap
-            progress.step("scratch droplet")
-            lap = time.monotonic()
-            host = create_scratch(ctx)
-            steps["droplet"] = time.monotonic() - lap
-            lap = time.monotonic()
-            prepare_scratch(ctx, host)
-            steps["prepare"] = time.monotonic() - lap
-            progress.step("fetch, verify, extract, replay")
-            timings = restore_backup(ctx, host, entry, target)
-            steps["fetch and verify"] = timings.fetch
-            steps["replay to writable"] = timings.recovery
-            report["rto_s"] = round(time.monotonic() - t0, 1)
-            progress.step("checks")
-            lap = time.monotonic()
-            found, checks = verify(ctx, host, marker, probe, target is not None)
-            steps["checks"] = time.monotonic() - lap
-            report.update(
-                ok=True,
-                rpo_s=None if target else found.rpo_seconds(marker),
-                replay=_replay_text(timings, target),
-                markers_restored=list(found.tokens),
-                checks=checks,
-                bytes=timings.bytes,
-                database_bytes=entry.manifest["raw_bytes"],
-                # Of the database restored (the stored object is compressed: 5-20x here).
-                throughput_mb_s=round(
-                    entry.manifest["raw_bytes"] / max(timings.fetch, 1e-3) / 1e6, 1
-                ),
-            )
-        except Exception as e:
-            report["error"] = str(e)
-            raise
-        finally:
-            progress.step("scratch droplet destroyed")
-            lap = time.monotonic()
-            if host is not None:
-                ctx.remote.forget(host)  # closed before its droplet goes
-            try:
-                remove_scratch(ctx)
-            finally:
-                steps["destroy"] = time.monotonic() - lap
-                report["steps_s"] = {k: round(v, 1) for k, v in steps.items()}
-                report["total_s"] = round(time.monotonic() - t0, 1)
-                _publish(spec, report)
-                progress.done("passed" if report["ok"] else f"failed: {report.get('error')}")
+        _drill(ctx, entry, target, report, t0)
     log.info(
         "restore drill of %s: backup %s restored, RTO %.1f s, RPO %s s",
         spec.name,
@@ -270,6 +106,87 @@ def restore_drill(
         report["rpo_s"],
     )
     return report
+
+
+def target_epoch(target_time: datetime | None) -> float | None:
+    """The target time in epoch seconds; one without a time zone is refused (whose 14:02?)."""
+    if target_time is None:
+        return None
+    if target_time.tzinfo is None:
+        raise DrillFailed(
+            f"target time {target_time.isoformat()} has no time zone: add one, e.g. "
+            f"{target_time.isoformat()}Z for UTC"
+        )
+    return target_time.timestamp()
+
+
+def _drill(ctx: StackContext, entry: Entry, target: float | None, report: dict, t0: float) -> None:
+    """Marker, scratch droplet, restore, checks, each step timed into `report`; the scratch
+    droplet is removed and the report published whatever happens."""
+    steps: dict[str, float] = {}
+    progress = Progress(f"restore drill of {ctx.spec.name}", DRILL_STEPS)
+    host = None
+    try:
+        progress.step("marker")
+        with _timed(steps, "marker"):
+            marker, probe, segment = drill.mark(ctx)
+        report["marker"] = {"token": marker.token, "segment_archived": segment}
+        progress.step("scratch droplet")
+        with _timed(steps, "droplet"):
+            host = drill.create_scratch(ctx)
+        with _timed(steps, "prepare"):
+            drill.prepare_scratch(ctx, host)
+        progress.step("fetch, verify, extract, replay")
+        timings = drill.restore_backup(ctx, host, entry, target)
+        steps["fetch and verify"] = timings.fetch
+        steps["replay to writable"] = timings.recovery
+        report["rto_s"] = round(time.monotonic() - t0, 1)
+        progress.step("checks")
+        with _timed(steps, "checks"):
+            found, checks = drill.verify(ctx, host, marker, probe, target is not None)
+        report.update(
+            _figures(entry, timings, target),
+            ok=True,
+            rpo_s=None if target else found.rpo_seconds(marker),
+            markers_restored=list(found.tokens),
+            checks=checks,
+        )
+    except Exception as e:
+        report["error"] = str(e)
+        raise
+    finally:
+        progress.step("scratch droplet destroyed")
+        try:
+            with _timed(steps, "destroy"):
+                if host is not None:
+                    ctx.remote.forget(host)  # closed before its droplet goes
+                drill.remove_scratch(ctx)
+        finally:
+            report["steps_s"] = {k: round(v, 1) for k, v in steps.items()}
+            report["total_s"] = round(time.monotonic() - t0, 1)
+            _publish(ctx.spec, report)
+            progress.done("passed" if report["ok"] else f"failed: {report.get('error')}")
+
+
+@contextmanager
+def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
+    """The step's seconds into `steps`, also when it fails."""
+    lap = time.monotonic()
+    try:
+        yield
+    finally:
+        steps[name] = time.monotonic() - lap
+
+
+def _figures(entry: Entry, timings: restore.RestoreTimings, target: float | None) -> dict:
+    raw = entry.manifest["raw_bytes"]
+    return {
+        "replay": _replay_text(timings, target),
+        "bytes": timings.bytes,
+        "database_bytes": raw,
+        # Of the database restored (the stored object is compressed: 5-20x here).
+        "throughput_mb_s": round(raw / max(timings.fetch, 1e-3) / 1e6, 1),
+    }
 
 
 def _replay_text(timings: restore.RestoreTimings, target: float | None) -> str:

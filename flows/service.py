@@ -29,7 +29,7 @@ from prefect.events import DeploymentEventTrigger
 from prefect.events.schemas.automations import AutomationCore
 from prefect.utilities.templating import apply_values
 
-from blocks.stack import StackSpec, StackSpecBlock
+from blocks.stack import StackSpec
 from flows import after_failover as after_failover_flow
 from flows import backup as backup_flows
 from flows import drill, failover, recover, status
@@ -37,33 +37,10 @@ from flows import up as up_flow
 from flows.failover import Fault
 from lifeboat.server import WORK_POOL
 from tasks import events
+from tasks.context import stored_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
-
-
-class NoSuchStack(ValueError):
-    """A run names a stack whose spec block is not stored."""
-
-
-def stored_spec(stack: str) -> StackSpec:
-    """The spec stored as block `stack` (`lifeboat deploy` saves it), or an error naming
-    what is stored and how to store it."""
-    from prefect.client.orchestration import get_client
-
-    try:
-        return StackSpecBlock.load(stack).spec
-    except ValueError as exc:
-        if "Unable to find block document" not in str(exc):
-            raise
-    with get_client(sync_client=True) as client:
-        stored = sorted(
-            d.name for d in client.read_block_documents_by_type("lifeboat-stack-spec") if d.name
-        )
-    raise NoSuchStack(
-        f"no stack spec block named {stack!r} (stored: {', '.join(stored) or 'none'}): "
-        "save it with `lifeboat deploy --spec FILE` (or pick one of those)"
-    ) from None
 
 
 class StackNotHealthy(RuntimeError):

@@ -1,5 +1,5 @@
 """`python -m lifeboat`: the `lifeboat` command."""
 
-from lifeboat.cli import app
+from lifeboat.cli import main
 
-app(prog_name="lifeboat")
+main()

@@ -87,6 +87,19 @@ def _main(
     _STATE["server"] = server.use_running()
 
 
+def main() -> None:
+    """The `lifeboat` command: run by the Lifeboat server's resident runner when one
+    answers (lifeboat/resident.py: Prefect and the runbooks already imported), else here."""
+    import sys
+
+    from lifeboat import resident
+
+    code = resident.delegate(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    app(prog_name="lifeboat")
+
+
 class BadInput(Exception):
     """Something the user gives or runs is wrong: each line says what to change (exit 2)."""
 
@@ -412,11 +425,11 @@ def server_status(spec: Path = GUIDE_SPEC, credentials: str = CREDENTIALS) -> No
 
 def _guide(info: Any, stack: Any, credentials: str) -> None:  # noqa: ANN401
     """The stack's addresses and what to click in the UI (the end of `make demo`)."""
-    from blocks.credentials import DigitalOceanCredentials
-    from tasks import droplets
     from tasks import wordpress as wp
+    from tasks.context import opened
 
-    lb = wp.load_balancer(droplets.api(DigitalOceanCredentials.load(credentials)), stack)
+    with opened(stack, credentials) as ctx:
+        lb = wp.load_balancer(ctx.do, stack)
     name = stack.name
     typer.echo(
         f"""

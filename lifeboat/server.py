@@ -49,6 +49,7 @@ class ServerInfo:
     database: str  # "sqlite" or the PostgreSQL URL without its password
     started_at: float
     worker_pid: int | None = None  # the process worker on WORK_POOL, when started with one
+    resident_pid: int | None = None  # lifeboat.resident: runs the commands, imports done
 
     @property
     def ui_url(self) -> str:
@@ -130,7 +131,9 @@ def start(
     if info is not None:
         if worker and not (info.worker_pid and _alive(info.worker_pid)):
             info = replace(info, worker_pid=_start_worker(info))
-            _state_file().write_text(json.dumps(asdict(info)))
+        if not (info.resident_pid and _alive(info.resident_pid)):
+            info = replace(info, resident_pid=_start_resident(info))
+        _state_file().write_text(json.dumps(asdict(info)))
         return info
     if database_url is not None and not database_url.startswith("postgresql+asyncpg://"):
         raise ServerError(
@@ -179,6 +182,7 @@ def start(
         raise ServerError(f"{exc}; see {state / 'server.log'}") from None
     if worker:
         info = replace(info, worker_pid=_start_worker(info))
+    info = replace(info, resident_pid=_start_resident(info))
     _state_file().write_text(json.dumps(asdict(info)))
     return info
 
@@ -200,6 +204,27 @@ def _start_worker(info: ServerInfo) -> int:
     return proc.pid
 
 
+def _start_resident(info: ServerInfo) -> int:
+    """The command runner (lifeboat/resident.py), in its own session, logging beside the
+    server. Not waited for: until its socket exists, commands run as without it."""
+    env = {**os.environ, "PREFECT_API_URL": info.api_url}
+    with (home() / "resident.log").open("ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+            [sys.executable, "-m", "lifeboat.resident"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    return proc.pid
+
+
+def resident_alive(info: ServerInfo) -> bool:
+    return bool(info.resident_pid) and _alive(info.resident_pid or 0)
+
+
 def worker_alive(info: ServerInfo) -> bool:
     return bool(info.worker_pid) and _alive(info.worker_pid or 0)
 
@@ -209,8 +234,10 @@ def stop(timeout: float = 30) -> ServerInfo | None:
     info = recorded()
     if info is None:
         return None
-    if info.worker_pid and _alive(info.worker_pid):
-        _terminate(info.worker_pid, timeout)
+    for helper in (info.worker_pid, info.resident_pid):
+        if helper and _alive(helper):
+            _terminate(helper, timeout)
+    (home() / "commands.sock").unlink(missing_ok=True)
     if _alive(info.pid):
         _terminate(info.pid, timeout)
     _state_file().unlink(missing_ok=True)

@@ -35,7 +35,7 @@ from blocks.secrets import (
     new_password,
     stack_secret,
 )
-from blocks.stack import StackSpec
+from blocks.stack import StackSpec, StackSpecBlock
 from tasks import digitalocean, droplets
 from tasks.droplets import unreachable
 from tasks.hosts import SSH, Host
@@ -191,6 +191,30 @@ def check_credentials(credentials: str) -> None:
         read_timeout=30,
     )
     droplets.check_access(do, credentials, creds.api_url)
+
+
+class NoSuchStack(ValueError):
+    """A run names a stack whose spec block is not stored."""
+
+
+def stored_spec(stack: str) -> StackSpec:
+    """The spec stored as block `stack` (`lifeboat deploy` stores it; deployed runs start
+    from it), or an error naming what is stored and how to store it."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        return StackSpecBlock.load(stack).spec
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+    with get_client(sync_client=True) as client:
+        stored = sorted(
+            d.name for d in client.read_block_documents_by_type("lifeboat-stack-spec") if d.name
+        )
+    raise NoSuchStack(
+        f"no stack spec block named {stack!r} (stored: {', '.join(stored) or 'none'}): "
+        "save it with `lifeboat deploy --spec FILE` (or pick one of those)"
+    ) from None
 
 
 class StackContext:
@@ -353,17 +377,25 @@ def opened(
     spec: StackSpec, credentials: str, stack: StackContext | None = None
 ) -> Iterator[StackContext]:
     """The context of this run: `stack` when a parent flow handed one down (it closes it),
-    else one opened here from `spec` and `credentials` and closed (pins saved) on exit."""
-    if stack is not None:
-        yield stack
-        return
-    ctx = StackContext.open(spec, credentials)
-    try:
-        yield ctx
-    finally:
-        pinned = ctx.close()
-        if pinned:
-            _log_pins(pinned, credentials)
+    else one opened here from `spec` and `credentials` and closed (pins saved) on exit.
+
+    Tasks run in it untagged: the CLI tags its flow runs (`stack:<name>`, which the stack's
+    automations match, as a deployment tags its runs), and Prefect asks the server for a
+    concurrency slot per tag for every tagged task run, one API call each; with 13 probes
+    at once that cost `lifeboat status` about 2 s here, for limits nobody set."""
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        if stack is not None:
+            yield stack
+            return
+        ctx = StackContext.open(spec, credentials)
+        try:
+            yield ctx
+        finally:
+            pinned = ctx.close()
+            if pinned:
+                _log_pins(pinned, credentials)
 
 
 def _log_pins(pinned: int, credentials: str) -> None:

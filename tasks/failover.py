@@ -510,3 +510,37 @@ def check_writes(
     with ctx.remote.connect(ctx.host(leader)) as conn:
         lost = lost_writes(conn, ctx.spec, run_id, record)
         return lost, wal.verify_archiving(conn, timeout=180)
+
+
+@dataclass
+class Window:
+    """What the fault window saw: the write probe's record, the site probe's, and when the
+    fault was injected and a new leader seen (epoch seconds)."""
+
+    writes: list[dict]
+    pages: list[dict]
+    fault_at: float
+    leader_at: float
+
+
+def fault_window(
+    ctx: StackContext, fault: str, web: Host, run_id: str, old: str, candidate: str
+) -> Window:
+    """The probes run; the fault hits the primary `old`; the window closes once a write
+    was acknowledged after a new leader was seen and the site served a page again. The
+    cluster is put back whatever happens (the droplet powered on, the network healed)."""
+    old_host = ctx.host(old)
+    probe_start(ctx, web, run_id)
+    site = site_probe(ctx)
+    try:
+        with site:
+            time.sleep(3)  # writes before the fault: the gap needs a last ack before it
+            fault_at, injected = inject(ctx, fault, old_host, candidate)
+            leader_at = wait_leader(ctx, old, fault)
+            writes_at = wait_writes(ctx, web, run_id, max(injected, leader_at))
+            wait_site(site, writes_at)
+            time.sleep(2)  # a little more: the gaps are measured up to those first acks
+    finally:
+        record = probe_stop(ctx, web, run_id)
+        put_back(ctx, fault, old_host)
+    return Window(record, site.record, fault_at, leader_at)

@@ -1,18 +1,23 @@
 """The restore drill against the local cloud: it passes on each example with its marker
-found, RPO and RTO reported; a backup object changed in place (same size, other bytes)
-fails it naming the object; a bad backup id is refused before anything is created; and
-the scratch droplet is gone after a success, a failure and a killed run."""
+found, RPO and RTO reported, and every upload the site references in Spaces; an upload
+gone from the bucket fails it naming the file; a backup object changed in place (same
+size, other bytes) fails it naming the object; a bad backup id is refused before anything
+is created; and the scratch droplet is gone after a success, a failure and a killed run."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from blocks.credentials import DigitalOceanCredentials, SpacesCredentials
 from flows.drill import DrillFailed, restore_drill
+from lifeboat.waiting import wait_until
 from tasks import backup as bk
-from tasks import droplets, scratch
+from tasks import droplets, layout, scratch
 from tasks.spaces import s3_client
 from tests.e2e.conftest import EXAMPLES, stack
+from tests.e2e.test_site import upload
 
 pytestmark = pytest.mark.e2e
 
@@ -24,6 +29,7 @@ def _do(credentials: str):  # noqa: ANN202 - pydo client
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_the_drill_restores_the_newest_backup_and_proves_it(stacks, lab_blocks, name):
     spec, _ = stack(stacks, name)
+    upload(spec, lab_blocks, spec.nodes_with("wordpress")[0].name)
     report = restore_drill(spec, lab_blocks)
     assert report["ok"] and report["rpo_s"] == 0.0
     assert report["checks"]["marker"] == "found"
@@ -31,6 +37,7 @@ def test_the_drill_restores_the_newest_backup_and_proves_it(stacks, lab_blocks, 
     assert "rows as with the marker" in report["checks"]["site tables"]
     assert report["checks"]["pg_amcheck"].startswith("no corruption")
     assert report["checks"]["checksums"] == "data_checksums on, 0 failures"
+    assert re.fullmatch(r"[1-9]\d* uploads referenced, all in Spaces", report["checks"]["media"])
     assert 0 < report["rto_s"] <= report["total_s"]
     assert report["bytes"] > 0
     assert scratch.droplets(_do(lab_blocks), spec) == []
@@ -59,6 +66,26 @@ def test_a_backup_changed_in_place_fails_the_drill_naming_it(stacks, lab_blocks)
         assert "sha" in str(failed.value).lower()
     finally:
         s3.put_object(Bucket=spec.bucket, Key=obj["key"], Body=original)
+    assert scratch.droplets(_do(lab_blocks), spec) == []
+
+
+def test_an_upload_missing_from_spaces_fails_the_drill_naming_it(stacks, lab_blocks):
+    """The site references an upload whose object is gone from the bucket (deleted: a
+    delete marker over its versions): a site restored from the backups would show it
+    broken, so the drill fails naming it. The delete marker is removed afterwards."""
+    spec, _ = stack(stacks, "compact")
+    path, _ = upload(spec, lab_blocks, spec.nodes_with("wordpress")[0].name)
+    relative = path.split("/wp-content/uploads/", 1)[1]
+    key = layout.media_key(spec.name, relative)
+    s3 = s3_client(SpacesCredentials.load(lab_blocks))
+    wait_until("the upload in Spaces", lambda: s3.head_object(Bucket=spec.bucket, Key=key), 60)
+    marker = s3.delete_object(Bucket=spec.bucket, Key=key)["VersionId"]
+    try:
+        with pytest.raises(DrillFailed, match=re.escape(relative)):
+            restore_drill(spec, lab_blocks)
+    finally:
+        s3.delete_object(Bucket=spec.bucket, Key=key, VersionId=marker)
+    assert s3.head_object(Bucket=spec.bucket, Key=key)["ContentLength"] > 0
     assert scratch.droplets(_do(lab_blocks), spec) == []
 
 

@@ -100,3 +100,21 @@ def test_the_drill_refuses_a_backup_id_and_a_target_time_together():
         choose_backup(ENTRIES, "20261101T030000Z", 1.5, {"7": 10.0}, 100.0)
     with pytest.raises(DrillFailed, match="in the future; .* nothing was created"):
         choose_backup(ENTRIES, None, 101.0, {"7": 10.0}, 100.0)
+
+
+def test_missing_media_names_referenced_uploads_without_an_object() -> None:
+    from tasks import layout
+    from tasks.drill import missing_media
+
+    stored = {
+        layout.media_key("s", "2026/11/a.png"): 120,
+        layout.media_key("s", "2026/11/empty.png"): 0,  # an empty object is no upload
+        layout.media_key("other", "2026/11/b.png"): 50,  # another stack's is not ours
+    }
+    referenced = ["2026/11/a.png", "2026/11/b.png", "2026/11/empty.png", "../etc/passwd"]
+    assert missing_media("s", referenced, stored) == [
+        "2026/11/b.png",
+        "2026/11/empty.png",
+        "../etc/passwd (not a path under uploads/)",
+    ]
+    assert missing_media("s", ["2026/11/a.png"], stored) == []
