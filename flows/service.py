@@ -220,6 +220,36 @@ def deploy(spec: StackSpec, credentials: str) -> list[str]:
     return [d["name"] for d in table(spec, credentials)]
 
 
+def undeploy(spec: StackSpec) -> list[str]:
+    """What `lifeboat deploy` made for the stack, removed from the server: its deployments
+    (with their schedules and trigger), automations, work queue and stored spec block.
+    Returns what was removed; a rerun removes nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.exceptions import ObjectNotFound
+
+    names = [d["name"] for d in table(spec, "")]
+    removed = []
+    with get_client(sync_client=True) as client:
+        flt = DeploymentFilter(name=DeploymentFilterName(any_=names))
+        for deployment in client.read_deployments(deployment_filter=flt):
+            client.delete_deployment(deployment.id)
+            removed.append(f"deployment {deployment.name}")
+        for automation in client.read_automations():
+            if automation.name.startswith(f"{spec.name}: "):
+                client.delete_automation(automation.id)
+                removed.append(f"automation {automation.name!r}")
+        with contextlib.suppress(ObjectNotFound):
+            queue = client.read_work_queue_by_name(f"stack-{spec.name}", work_pool_name=WORK_POOL)
+            client.delete_work_queue_by_id(queue.id)
+            removed.append(f"work queue {queue.name}")
+        with contextlib.suppress(ObjectNotFound):
+            block = client.read_block_document_by_name(spec.name, "lifeboat-stack-spec")
+            client.delete_block_document(block.id)
+            removed.append(f"stack spec block {spec.name}")
+    return removed
+
+
 # --- notifications -------------------------------------------------------------------------
 
 BACKUP_WINDOW = 26 * 3600  # a daily backup, plus two hours of slack

@@ -637,6 +637,38 @@ def recover_replace_cmd(
     )
 
 
+@_command(app, "destroy")
+def destroy_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    confirm: str = typer.Option(
+        "", "--confirm", help="The stack's name: destroying it cannot be undone."
+    ),
+) -> None:
+    """Remove the stack from the cloud (droplets, load balancer, firewalls, VPC) and its
+    deployments from the server; its backups, WAL and media in Spaces are kept."""
+    stack = _load_spec(spec)
+    if confirm != stack.name:
+        raise BadInput(
+            f"destroy removes every droplet, the load balancer, the firewalls and the VPC of "
+            f"stack {stack.name} (its objects in Spaces are kept): confirm with the stack's "
+            f"name, --confirm {stack.name}"
+        )
+    _blocks(credentials)
+    from flows.destroy import destroy
+
+    result = _run(destroy, stack, credentials, confirm)
+    typer.echo(f"destroyed stack {stack.name}: {', '.join(result['removed']) or 'nothing left'}")
+    typer.echo(f"kept in Spaces: {result['kept in Spaces']}")
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:  # a server that stays up: its deployments go too
+        from flows import service
+
+        removed = service.undeploy(stack)
+        typer.echo(f"from the server: {', '.join(removed) or 'nothing was deployed'}")
+
+
 @_command(recover_app, "undelete")
 def recover_undelete_cmd(
     spec: Path = SPEC,

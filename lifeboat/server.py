@@ -187,13 +187,13 @@ def start(
     return info
 
 
-def _start_worker(info: ServerInfo) -> int:
-    """`prefect worker start` on the pool, in its own session; its log beside the server's."""
+def _start_beside(info: ServerInfo, log_name: str, *args: str) -> int:
+    """`python args...` in its own session (it outlives this command), talking to the
+    server, logging beside it, from this checkout. Not waited for."""
     env = {**os.environ, "PREFECT_API_URL": info.api_url}
-    with (home() / "worker.log").open("ab") as log:
+    with (home() / log_name).open("ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL]
-            + ["--type", "process", "--name", f"lifeboat-{os.uname().nodename}"],
+            [sys.executable, *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -202,23 +202,19 @@ def _start_worker(info: ServerInfo) -> int:
             cwd=Path(__file__).resolve().parent.parent,
         )
     return proc.pid
+
+
+def _start_worker(info: ServerInfo) -> int:
+    """`prefect worker start` on the pool."""
+    name = f"lifeboat-{os.uname().nodename}"
+    args = ["-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+    return _start_beside(info, "worker.log", *args, "--name", name)
 
 
 def _start_resident(info: ServerInfo) -> int:
-    """The command runner (lifeboat/resident.py), in its own session, logging beside the
-    server. Not waited for: until its socket exists, commands run as without it."""
-    env = {**os.environ, "PREFECT_API_URL": info.api_url}
-    with (home() / "resident.log").open("ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-            [sys.executable, "-m", "lifeboat.resident"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    return proc.pid
+    """The command runner (lifeboat/resident.py): until its socket exists, commands run as
+    without it."""
+    return _start_beside(info, "resident.log", "-m", "lifeboat.resident")
 
 
 def resident_alive(info: ServerInfo) -> bool:

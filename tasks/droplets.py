@@ -400,6 +400,27 @@ def ensure_load_balancer(
     return resp["load_balancer"], "created"
 
 
+def owned(do: pydo.Client, spec: StackSpec) -> list[str]:
+    """What the stack owns in the cloud now (what `destroy_stack` removes), named."""
+    names = {spec.resource_name, spec.web_firewall_name, spec.drill_firewall_name}
+    found = [
+        f"load balancer {lb['name']}"
+        for lb in paged(do.load_balancers.list, "load_balancers")
+        if lb["name"] in names
+    ]
+    found += [
+        f"firewall {fw['name']}"
+        for fw in paged(do.firewalls.list, "firewalls")
+        if fw["name"] in names
+    ]
+    for tag in (spec.stack_tag, spec.drill_tag):
+        found += [f"droplet {d['name']}" for d in paged(do.droplets.list, "droplets", tag_name=tag)]
+    found += [
+        f"vpc {v['name']}" for v in paged(do.vpcs.list, "vpcs") if v["name"] == spec.resource_name
+    ]
+    return found
+
+
 def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> list[str]:
     """Everything the stack owns in the cloud: droplets (by tag), load balancer, firewalls,
     then the VPC once it is empty, then the stack's tag. Returns what was removed."""
@@ -439,6 +460,20 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
 
 
 # --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="destroy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def destroy(stack: StackContext) -> list[str]:
+    """The stack's droplets, load balancer, firewalls, VPC and tags, and the host keys
+    pinned for its droplets; then nothing of it may be left (CloudError naming what is)."""
+    for host in stack.hosts:
+        stack.remote.forget(host)  # closed first; its pin goes when the context closes
+    gone = destroy_stack(stack.do, stack.spec)
+    left = owned(stack.do, stack.spec)
+    if left:
+        raise CloudError(f"still in the cloud after destroying stack {stack.spec.name}: {left}")
+    stack.hosts = []
+    return gone
 
 
 @task(name="check_account", cache_policy=NO_CACHE)  # no retries: a bad token or spec stays bad

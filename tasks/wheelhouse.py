@@ -1,8 +1,11 @@
 """Patroni for the database droplets: a pinned PyPI release, never Debian's 3.0.2.
 
-The orchestrator builds a wheelhouse once (pip resolves and builds the two sdist-only
-dependencies, python-etcd and ydiff) and ships it over SSH, so droplets need no internet.
-Debian 12 droplets run CPython 3.11 on x86_64: the wheelhouse is built for exactly that.
+The orchestrator builds a wheelhouse once from tasks/patroni-requirements.txt, where Patroni
+and every dependency are pinned by version and SHA-256 (pip refuses any archive whose hash
+differs: a changed release or a compromised index stops the build; it builds the two
+sdist-only dependencies, python-etcd and ydiff, from their checked archives), and ships it
+over SSH, so droplets need no internet and install only what was checked. Debian 12
+droplets run CPython 3.11 on x86_64: the wheelhouse is built for exactly that.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.hosts import run
 
 PATRONI_REQUIREMENT = "patroni[etcd3,psycopg3]==4.1.5"
+REQUIREMENTS = Path(__file__).resolve().parent / "patroni-requirements.txt"  # with hashes
 TARGET = ("3.11", "x86_64")  # Debian 12's python3 on DigitalOcean droplets
 CACHE = Path.home() / ".cache" / "lifeboat" / "wheelhouse"
 VENV = "/opt/patroni"
@@ -29,8 +33,9 @@ REMOTE_WHEELS = "/var/cache/lifeboat/wheels"
 
 
 def wheelhouse_dir() -> Path:
-    key = hashlib.sha256(f"{PATRONI_REQUIREMENT} {TARGET}".encode()).hexdigest()[:12]
-    return CACHE / key
+    """Per pinned set: a changed requirements file builds a new wheelhouse."""
+    pinned = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    return CACHE / hashlib.sha256(f"{pinned} {TARGET}".encode()).hexdigest()[:12]
 
 
 def build_wheelhouse() -> Path:
@@ -56,9 +61,12 @@ def build_wheelhouse() -> Path:
         "pip",
         "wheel",
         "--quiet",
+        "--require-hashes",
+        "--no-deps",  # every dependency is in the file, pinned: nothing resolved on the side
         "--wheel-dir",
         str(target),
-        PATRONI_REQUIREMENT,
+        "--requirement",
+        str(REQUIREMENTS),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

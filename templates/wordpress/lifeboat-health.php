@@ -4,6 +4,10 @@
  * through HAProxy's primary port into the WordPress database, reads it back, and answers
  * JSON. HTTP 200 only when both worked, else 503: the load balancer's health check and
  * the rollout's gate. Short timeouts so a failover shows within a check or two.
+ * A persistent connection per php-fpm worker, as WordPress's own (PG4WP's connect is made
+ * pg_pconnect at release assembly): no connection set up per request, so a flood costs
+ * the database no new sessions. A link a failover broke (HAProxy shuts the sessions of a
+ * backend it marks down) is reset on reuse: pgsql.auto_reset_persistent (php-lifeboat.ini).
  */
 ini_set('display_errors', '0');
 header('Content-Type: application/json');
@@ -59,7 +63,7 @@ $dsn = implode(' ', [
     'application_name=lifeboat-health',
     'options=' . pg_literal('-c statement_timeout=' . STATEMENT_TIMEOUT_MS),
 ]);
-$conn = @pg_connect($dsn, PGSQL_CONNECT_FORCE_NEW);
+$conn = @pg_pconnect($dsn);
 if ($conn === false) {
     $result['error'] = failure('connect');
     finish($result, $started);
@@ -86,5 +90,4 @@ if ($row === false || $row[0] !== $token) {
 }
 $result['read'] = 'ok';
 $result['ok'] = true;
-pg_close($conn);
 finish($result, $started);

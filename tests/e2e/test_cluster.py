@@ -275,3 +275,34 @@ def test_no_secret_in_logs_artifacts_or_results(stack):
     assert "cluster runbook of stack" in recorded and "bootstrapped on" in recorded
     assert "streaming with zero lag" in recorded  # the markdown verification artifact
     assert leaks(cluster_secrets(stack["spec"].name), texts) == []
+
+
+def test_destroy_refuses_unconfirmed_then_removes_the_stack_and_keeps_its_objects(
+    stack, do, lab_blocks
+):
+    """Last in this module: its stack goes. Unconfirmed, nothing is touched; confirmed,
+    nothing of the stack is left in the cloud and its objects in Spaces are all still
+    there (the fixture's own clean-up then finds nothing)."""
+    from blocks.credentials import SpacesCredentials
+    from flows.destroy import DestroyRefused, destroy
+    from tasks import layout
+    from tasks.backup import list_keys
+    from tasks.droplets import owned
+    from tasks.spaces import s3_client
+
+    spec = stack["spec"]
+    present = owned(do, spec)
+    assert f"load balancer {spec.resource_name}" in present and len(present) > 3, present
+    with pytest.raises(DestroyRefused, match=f"--confirm {spec.name}"):
+        destroy(spec, lab_blocks, confirm=spec.name + "x")
+    assert owned(do, spec) == present
+    s3 = s3_client(SpacesCredentials.load(lab_blocks))
+    before = list_keys(s3, spec.bucket, layout.stack_prefix(spec.name))
+
+    result = destroy(spec, lab_blocks, confirm=spec.name)
+
+    assert sorted(result["removed"]) == sorted(present), result
+    assert owned(do, spec) == []
+    # Kept: every object there before (archiving may have added a segment meanwhile).
+    assert list_keys(s3, spec.bucket, layout.stack_prefix(spec.name)).items() >= before.items()
+    assert result["kept in Spaces"].startswith(f"s3://{spec.bucket}/{spec.name}/: ")

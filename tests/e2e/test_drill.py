@@ -12,7 +12,7 @@ import pytest
 
 from blocks.credentials import DigitalOceanCredentials, SpacesCredentials
 from flows.drill import DrillFailed, restore_drill
-from lifeboat.waiting import wait_until
+from lifeboat.waiting import NotYet, wait_until
 from tasks import backup as bk
 from tasks import droplets, layout, scratch
 from tasks.spaces import s3_client
@@ -78,7 +78,13 @@ def test_an_upload_missing_from_spaces_fails_the_drill_naming_it(stacks, lab_blo
     relative = path.split("/wp-content/uploads/", 1)[1]
     key = layout.media_key(spec.name, relative)
     s3 = s3_client(SpacesCredentials.load(lab_blocks))
-    wait_until("the upload in Spaces", lambda: s3.head_object(Bucket=spec.bucket, Key=key), 60)
+
+    def stored() -> bool:
+        if key not in bk.list_keys(s3, spec.bucket, key):
+            raise NotYet(f"{key} not in the bucket yet")
+        return True
+
+    wait_until("the upload in Spaces (the media agent pushes it)", stored, 60)
     marker = s3.delete_object(Bucket=spec.bucket, Key=key)["VersionId"]
     try:
         with pytest.raises(DrillFailed, match=re.escape(relative)):

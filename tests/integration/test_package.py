@@ -39,6 +39,7 @@ def test_the_wheel_ships_every_template_and_no_benchmark_or_test(wheel: Path) ->
     assert in_repo and in_repo <= names, sorted(in_repo - names)
     assert {f"templates/{t}" for t in DESTINATIONS} <= names
     assert "tasks/packages.txt" in names
+    assert "tasks/patroni-requirements.txt" in names  # the wheelhouse is built from it
     tops = {n.split("/")[0] for n in names if not n.startswith("lifeboat-")}
     assert tops == {"lifeboat", "flows", "tasks", "blocks", "lab", "templates"}
 

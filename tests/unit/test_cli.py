@@ -32,6 +32,7 @@ SPEC_COMMANDS = [
     ["recover", "after-failover"],
     ["recover", "replace", "--member", "x-db-1"],
     ["recover", "undelete", "--since", "2026-11-30T14:02:00Z"],
+    ["destroy", "--confirm", "compact"],
 ]
 IDS = ["-".join(c[:2]) for c in SPEC_COMMANDS]
 
@@ -135,6 +136,13 @@ def test_spec_duplicate_key(command: list[str], tmp_path: Path) -> None:
         "spec.yaml: line 5, column 1:",
         "key 'region' given twice (first on line 4): keep one",
     )
+
+
+@pytest.mark.parametrize("confirm", [[], ["--confirm", "article"], ["--confirm", ""]])
+def test_destroy_needs_the_stack_name_confirmed(confirm: list[str]) -> None:
+    """Refused before the credentials are read (the fixture fails any run that gets there)."""
+    spec = str(EXAMPLES / "compact.yaml")
+    refused(invoke("destroy", "--spec", spec, *confirm), "--confirm compact", "kept")
 
 
 def test_spec_duplicate_key_deep_down(tmp_path: Path) -> None:
