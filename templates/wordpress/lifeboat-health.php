@@ -70,6 +70,18 @@ if ($conn === false) {
 }
 
 $token = bin2hex(random_bytes(8));
+// One transaction: the row stays locked from the write to the commit, so a concurrent
+// request on this droplet (another php-fpm worker) cannot overwrite it before it is read
+// back (outside one, a flood made checks fail with "row not read back"). The COMMIT is
+// what waits for the synchronous standby: it must succeed too.
+function rollback($conn): void
+{
+    @pg_query($conn, 'ROLLBACK');  // a persistent link must not stay in a failed transaction
+}
+if (@pg_query($conn, 'BEGIN') === false) {
+    $result['write'] = failure('failed');
+    finish($result, $started);
+}
 $write = @pg_query_params(
     $conn,
     'INSERT INTO lifeboat_health (host, token, written_at) VALUES ($1, $2, now()) '
@@ -78,16 +90,22 @@ $write = @pg_query_params(
 );
 if ($write === false) {
     $result['write'] = failure('failed');
+    rollback($conn);
     finish($result, $started);
 }
-$result['write'] = 'ok';
-
 $read = @pg_query_params($conn, 'SELECT token FROM lifeboat_health WHERE host = $1', [$host]);
 $row = $read === false ? false : pg_fetch_row($read);
 if ($row === false || $row[0] !== $token) {
     $result['read'] = $read === false ? failure('failed') : 'row not read back';
+    rollback($conn);
     finish($result, $started);
 }
+if (@pg_query($conn, 'COMMIT') === false) {
+    $result['write'] = failure('commit failed');
+    rollback($conn);
+    finish($result, $started);
+}
+$result['write'] = 'ok';
 $result['read'] = 'ok';
 $result['ok'] = true;
 finish($result, $started);
