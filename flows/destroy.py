@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 
 from blocks.stack import StackSpec
 from flows.report import publish
-from tasks import backup, droplets, layout
+from tasks import droplets, layout, spaces
 from tasks.context import StackContext, opened
 
 
@@ -38,14 +38,12 @@ def destroy(
                 f"destroying stack {spec.name} removes {what}; nothing was touched: to go "
                 f"ahead, confirm with the stack's name (--confirm {spec.name})"
             )
-        gone = droplets.destroy(ctx) if present else []
-        prefix = layout.stack_prefix(spec.name)
-        kept = backup.list_keys(ctx.s3, spec.bucket, prefix)
+        gone = droplets.destroy(ctx)  # also when nothing is listed: tags may be left
+        kept = spaces.stored(ctx.s3, spec.bucket, layout.stack_prefix(spec.name))
     result = {
         "stack": spec.name,
         "removed": gone,
-        "kept in Spaces": f"s3://{spec.bucket}/{prefix}: {len(kept)} objects, "
-        f"{sum(kept.values()) / 1e6:.1f} MB (base backups, WAL, media)",
+        "kept in Spaces": f"{kept} (base backups, WAL, media)",
     }
     log.info("stack %s destroyed: %d resources removed", spec.name, len(gone))
     report = {"removed": ", ".join(gone) or "nothing", "kept": result["kept in Spaces"]}

@@ -21,6 +21,7 @@ from tasks.catalog import Backup
 from tasks.hosts import Host, run
 from tasks.patroni import Member
 from tasks.render import DESTINATIONS
+from tasks.spaces import list_keys
 
 if TYPE_CHECKING:
     from tasks.context import Remote, StackContext
@@ -107,14 +108,6 @@ def wal_stored_at(s3: Any, bucket: str, stack: str) -> dict[str, float]:
                 continue  # not a segment, or a replaced timeline's other version
             system_id, stored = found[0], obj["LastModified"].timestamp()
             out[system_id] = max(out.get(system_id, 0.0), stored)
-    return out
-
-
-def list_keys(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
-    """key -> size of every object under prefix."""
-    out: dict[str, int] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
     return out
 
 

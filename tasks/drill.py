@@ -21,7 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.secrets import WORDPRESS_ADMIN
-from tasks import backup, layout, restore, scratch, site, sql, wal
+from tasks import backup, layout, restore, scratch, site, spaces, sql, wal
 from tasks.backup import Entry
 from tasks.hosts import Host, run
 from tasks.packages import install_packages
@@ -197,7 +197,7 @@ def media_check(ctx: StackContext, conn: Connection, s: Scratch, database: str) 
     Raises DrillError naming the first missing ones."""
     spec = ctx.spec
     referenced = attached_files(conn, s, database, spec.wordpress.table_prefix)
-    stored = backup.list_keys(ctx.s3, spec.bucket, layout.media_prefix(spec.name))
+    stored = spaces.list_keys(ctx.s3, spec.bucket, layout.media_prefix(spec.name))
     missing = missing_media(spec.name, referenced, stored)
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")

@@ -68,6 +68,29 @@ def _rule_set(rules: list[dict]) -> dict[str, dict]:
     return {r.get("ID", ""): {k: r.get(k) for k in keys} for r in rules}
 
 
+def list_keys(s3: Any, bucket: str, prefix: str) -> dict[str, int]:  # noqa: ANN401
+    """key -> size of every object under prefix."""
+    out: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+MISSING = ("404", "NoSuchBucket", "NotFound")  # what S3 stores answer for "no such bucket"
+
+
+def stored(s3: Any, bucket: str, prefix: str) -> str:  # noqa: ANN401
+    """What the bucket holds under `prefix`, as a line ("s3://b/p: N objects, M MB"); a
+    bucket that does not exist is said so."""
+    try:
+        keys = list_keys(s3, bucket, prefix)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in MISSING:
+            raise
+        return f"s3://{bucket}/: no such bucket"
+    return f"s3://{bucket}/{prefix}: {len(keys)} objects, {sum(keys.values()) / 1e6:.1f} MB"
+
+
 def ensure_bucket(s3: Any, bucket: str, keep_deleted_days: int = 7) -> str:  # noqa: ANN401
     """The bucket, versioned, with Lifeboat's lifecycle rules (other rules kept).
     Returns "created", "updated" or "unchanged"."""
@@ -75,7 +98,7 @@ def ensure_bucket(s3: Any, bucket: str, keep_deleted_days: int = 7) -> str:  # n
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
+        if exc.response["Error"]["Code"] not in MISSING:
             raise RuntimeError(
                 f"Spaces bucket {bucket}: {exc.response['Error']['Code']} (is it another "
                 "account's? bucket names are global: set backup.bucket in the spec)"

@@ -286,9 +286,8 @@ def test_destroy_refuses_unconfirmed_then_removes_the_stack_and_keeps_its_object
     from blocks.credentials import SpacesCredentials
     from flows.destroy import DestroyRefused, destroy
     from tasks import layout
-    from tasks.backup import list_keys
     from tasks.droplets import owned
-    from tasks.spaces import s3_client
+    from tasks.spaces import list_keys, s3_client
 
     spec = stack["spec"]
     present = owned(do, spec)

@@ -15,7 +15,7 @@ from flows.drill import DrillFailed, restore_drill
 from lifeboat.waiting import NotYet, wait_until
 from tasks import backup as bk
 from tasks import droplets, layout, scratch
-from tasks.spaces import s3_client
+from tasks.spaces import list_keys, s3_client
 from tests.e2e.conftest import EXAMPLES, stack
 from tests.e2e.test_site import upload
 
@@ -80,7 +80,7 @@ def test_an_upload_missing_from_spaces_fails_the_drill_naming_it(stacks, lab_blo
     s3 = s3_client(SpacesCredentials.load(lab_blocks))
 
     def stored() -> bool:
-        if key not in bk.list_keys(s3, spec.bucket, key):
+        if key not in list_keys(s3, spec.bucket, key):
             raise NotYet(f"{key} not in the bucket yet")
         return True
 
