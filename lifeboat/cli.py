@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,6 @@ def _main(
 def main() -> None:
     """The `lifeboat` command: run by the Lifeboat server's resident runner when one
     answers (lifeboat/resident.py: Prefect and the runbooks already imported), else here."""
-    import sys
-
     from lifeboat import resident
 
     code = resident.delegate(sys.argv[1:])

@@ -37,8 +37,8 @@ from pathlib import Path
 
 from lifeboat import server
 
-SOCKET_NAME = "commands.sock"
-LOG_NAME = "resident.log"
+SOCKET_NAME = server.RESIDENT_SOCKET
+LOG_NAME = server.RESIDENT_LOG
 LOCAL = frozenset({"server", "lab", "serve"})  # run by the caller, never forked
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("lifeboat", "flows", "tasks", "blocks", "lab")

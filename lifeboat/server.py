@@ -27,6 +27,8 @@ from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 DEFAULT_PORT = 4200
 WORK_POOL = "lifeboat"  # the process work pool of deployments/prefect.yaml
 STARTUP_TIMEOUT = 120  # first start migrates a fresh database: ~10-20 s here
+RESIDENT_SOCKET = "commands.sock"  # lifeboat/resident.py listens here, in home()
+RESIDENT_LOG = "resident.log"
 
 
 class ServerError(Exception):
@@ -214,7 +216,7 @@ def _start_worker(info: ServerInfo) -> int:
 def _start_resident(info: ServerInfo) -> int:
     """The command runner (lifeboat/resident.py): until its socket exists, commands run as
     without it."""
-    return _start_beside(info, "resident.log", "-m", "lifeboat.resident")
+    return _start_beside(info, RESIDENT_LOG, "-m", "lifeboat.resident")
 
 
 def resident_alive(info: ServerInfo) -> bool:
@@ -233,7 +235,7 @@ def stop(timeout: float = 30) -> ServerInfo | None:
     for helper in (info.worker_pid, info.resident_pid):
         if helper and _alive(helper):
             _terminate(helper, timeout)
-    (home() / "commands.sock").unlink(missing_ok=True)
+    (home() / RESIDENT_SOCKET).unlink(missing_ok=True)
     if _alive(info.pid):
         _terminate(info.pid, timeout)
     _state_file().unlink(missing_ok=True)

@@ -400,48 +400,47 @@ def ensure_load_balancer(
     return resp["load_balancer"], "created"
 
 
+def _stack_resources(do: pydo.Client, spec: StackSpec) -> dict[str, list[dict]]:
+    """What the stack owns in the cloud, by kind, in the order `destroy_stack` removes it:
+    its load balancer, firewalls, droplets (the stack's tag, and a drill's scratch droplet
+    by the drill's tag) and VPC."""
+    names = {spec.resource_name, spec.web_firewall_name, spec.drill_firewall_name}
+    droplets = [
+        d
+        for tag in (spec.stack_tag, spec.drill_tag)
+        for d in paged(do.droplets.list, "droplets", tag_name=tag)
+    ]
+    return {
+        "load balancer": [
+            lb for lb in paged(do.load_balancers.list, "load_balancers") if lb["name"] in names
+        ],
+        "firewall": [fw for fw in paged(do.firewalls.list, "firewalls") if fw["name"] in names],
+        "droplet": droplets,
+        "vpc": [v for v in paged(do.vpcs.list, "vpcs") if v["name"] == spec.resource_name],
+    }
+
+
+def _named(found: dict[str, list[dict]]) -> list[str]:
+    return [f"{kind} {r['name']}" for kind, resources in found.items() for r in resources]
+
+
 def owned(do: pydo.Client, spec: StackSpec) -> list[str]:
     """What the stack owns in the cloud now (what `destroy_stack` removes), named."""
-    names = {spec.resource_name, spec.web_firewall_name, spec.drill_firewall_name}
-    found = [
-        f"load balancer {lb['name']}"
-        for lb in paged(do.load_balancers.list, "load_balancers")
-        if lb["name"] in names
-    ]
-    found += [
-        f"firewall {fw['name']}"
-        for fw in paged(do.firewalls.list, "firewalls")
-        if fw["name"] in names
-    ]
-    for tag in (spec.stack_tag, spec.drill_tag):
-        found += [f"droplet {d['name']}" for d in paged(do.droplets.list, "droplets", tag_name=tag)]
-    found += [
-        f"vpc {v['name']}" for v in paged(do.vpcs.list, "vpcs") if v["name"] == spec.resource_name
-    ]
-    return found
+    return _named(_stack_resources(do, spec))
 
 
 def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> list[str]:
-    """Everything the stack owns in the cloud: droplets (by tag), load balancer, firewalls,
-    then the VPC once it is empty, then the stack's tag. Returns what was removed."""
-    gone = []
-    names = {spec.resource_name, spec.web_firewall_name, spec.drill_firewall_name}
-    for lb in paged(do.load_balancers.list, "load_balancers"):
-        if lb["name"] in names:
-            call(f"deleting load balancer {lb['name']}", do.load_balancers.delete, lb_id=lb["id"])
-            gone.append(f"load balancer {lb['name']}")
-    for fw in paged(do.firewalls.list, "firewalls"):
-        if fw["name"] in names:
-            call(f"deleting firewall {fw['name']}", do.firewalls.delete, firewall_id=fw["id"])
-            gone.append(f"firewall {fw['name']}")
-    for tag in (spec.stack_tag, spec.drill_tag):  # the stack's, and a drill's scratch droplet
-        doomed = list(paged(do.droplets.list, "droplets", tag_name=tag))
-        if doomed:
-            call("destroying droplets", do.droplets.destroy_by_tag, tag_name=tag)
-            gone += [f"droplet {d['name']}" for d in doomed]
-    for vpc in paged(do.vpcs.list, "vpcs"):
-        if vpc["name"] != spec.resource_name:
-            continue
+    """Everything the stack owns in the cloud: load balancer, firewalls, droplets (by tag),
+    then the VPC once it is empty, then the stack's tags. Returns what was removed."""
+    found = _stack_resources(do, spec)
+    for lb in found["load balancer"]:
+        call(f"deleting load balancer {lb['name']}", do.load_balancers.delete, lb_id=lb["id"])
+    for fw in found["firewall"]:
+        call(f"deleting firewall {fw['name']}", do.firewalls.delete, firewall_id=fw["id"])
+    ours = {spec.stack_tag, spec.drill_tag}
+    for tag in sorted({t for d in found["droplet"] for t in d["tags"]} & ours):
+        call("destroying droplets", do.droplets.destroy_by_tag, tag_name=tag)
+    for vpc in found["vpc"]:
         try:
             wait_until(
                 f"VPC {vpc['name']} to have no members",
@@ -452,11 +451,10 @@ def destroy_stack(do: pydo.Client, spec: StackSpec, timeout: float = 300) -> lis
         except WaitTimeout as e:
             raise CloudError(f"VPC {vpc['name']} still has members after {timeout:.0f}s") from e
         call(f"deleting VPC {vpc['name']}", do.vpcs.delete, vpc_id=vpc["id"])
-        gone.append(f"vpc {vpc['name']}")
     tags = {t["name"] for t in paged(do.tags.list, "tags")}
-    for tag in sorted(tags & {spec.stack_tag, spec.drill_tag}):
+    for tag in sorted(tags & ours):
         call(f"deleting tag {tag}", do.tags.delete, tag_id=tag)
-    return gone
+    return _named(found)
 
 
 # --- Prefect tasks -------------------------------------------------------------------------
