@@ -19,6 +19,7 @@ from tasks import etcd, events, haproxy, patroni, wal
 from tasks.context import StackContext, opened
 from tasks.hosts import Host
 from tasks.packages import prepare
+from tasks.pitr import RestorePoint
 from tasks.wheelhouse import wheelhouse
 
 
@@ -58,9 +59,12 @@ def cluster(
     credentials: str = "lab",
     restart: bool = False,
     stack: StackContext | None = None,
+    restore: RestorePoint | None = None,
 ) -> dict:
     """etcd, Patroni + PostgreSQL and HAProxy on the stack's droplets, then verified.
-    `stack`: the context of a parent flow (`up`); without it, one is opened here."""
+    `stack`: the context of a parent flow (`up`); without it, one is opened here.
+    `restore`: a new cluster bootstraps from another stack's backups (tasks/pitr.py);
+    ignored once the cluster exists."""
     with opened(spec, credentials, stack) as ctx:
         ctx.require_complete()
         run = _Run()
@@ -81,8 +85,10 @@ def cluster(
             unmapped(secrets),
         )
         members = _etcd(ctx, run)
-        _wal_agent(ctx, run)
-        _patroni(ctx, run, list(members.values()), wheels.result())
+        if restore is not None and _initialized(ctx, list(members.values())):
+            restore = None
+        _wal_agent(ctx, run, restore)
+        _patroni(ctx, run, list(members.values()), wheels.result(), restore)
         params = _parameters(ctx, run, restart)
         leader, replicas = _haproxy(ctx, run, ha_futures)
         run.details["wal archived"] = wal.verify(remote, ctx.host(leader.name))
@@ -113,11 +119,21 @@ def _etcd(ctx: StackContext, run: _Run) -> dict[str, str]:
     return members
 
 
-def _wal_agent(ctx: StackContext, run: _Run) -> None:
-    """The WAL agent first: Patroni's PostgreSQL archives through it from its first segment."""
+def _initialized(ctx: StackContext, etcd_ips: list[str]) -> bool:
+    with ctx.remote.connect(ctx.with_role("postgres")[0]) as conn:
+        return patroni.initialized(conn, ctx.spec, etcd_ips)
+
+
+def _wal_agent(ctx: StackContext, run: _Run, restore: RestorePoint | None) -> None:
+    """The WAL agent first: Patroni's PostgreSQL archives through it from its first segment
+    (and a restore's bootstrap fetches the source's WAL through it)."""
     pg_hosts = ctx.with_role("postgres")
     futures = wal.configure_member.map(
-        unmapped(ctx.remote), pg_hosts, unmapped(ctx.spec), unmapped(ctx.spaces_settings())
+        unmapped(ctx.remote),
+        pg_hosts,
+        unmapped(ctx.spec),
+        unmapped(ctx.spaces_settings()),
+        unmapped(restore),
     )
     configured = _by_name(pg_hosts, futures.result())
     run.steps["wal agent"] = _changes(_on("configured on", [n for n, c in configured.items() if c]))
@@ -129,7 +145,13 @@ def _wal_agent(ctx: StackContext, run: _Run) -> None:
     run.lap("events")
 
 
-def _patroni(ctx: StackContext, run: _Run, etcd_ips: list[str], wheels: object) -> None:
+def _patroni(
+    ctx: StackContext,
+    run: _Run,
+    etcd_ips: list[str],
+    wheels: object,
+    restore: RestorePoint | None,
+) -> None:
     pg_hosts = ctx.with_role("postgres")
     futures = patroni.configure_member.map(
         unmapped(ctx.remote),
@@ -138,6 +160,7 @@ def _patroni(ctx: StackContext, run: _Run, etcd_ips: list[str], wheels: object) 
         unmapped(etcd_ips),
         unmapped(ctx.cluster_secrets),
         unmapped(wheels),
+        unmapped(restore),
     )
     pc = _by_name(pg_hosts, futures.result())
     pg = patroni.converge(ctx.remote, pg_hosts, ctx.spec, etcd_ips, pc)

@@ -3,20 +3,24 @@ chosen replica (or the synchronous standby); `reinit` rebuilds a replica's data 
 leader; `replace` puts a new droplet in the place of a lost one (same name, roles and
 tags), joined as a replica and etcd member, behind the load balancer and firewalls. Each
 verifies the cluster afterwards: healthy, HAProxy routing to the leader, the archive
-current. (Restoring into a new cluster is not built yet: issue 11.)"""
+current. `restore-cluster` builds a new stack whose cluster is the source's as it was at
+a target time (tasks/pitr.py), with the source's uploads, a site of its own and a first
+backup."""
 
 from __future__ import annotations
 
 import datetime
+import time
 
 from prefect import flow, get_run_logger
 
 from blocks.stack import StackSpec
+from flows.backup import backup as flows_backup
 from flows.cluster import cluster
 from flows.provision import provision
 from flows.report import publish
 from flows.wordpress import wordpress
-from tasks import backup, layout, recover, spaces
+from tasks import backup, layout, pitr, recover, spaces
 from tasks.context import StackContext, opened
 
 
@@ -103,6 +107,71 @@ def recover_undelete(
         "catalog problems": problems,
     }
     _report(spec, "undelete", {k: v for k, v in result.items() if k != "keys"})
+    return result
+
+
+@flow(name="recover-restore-cluster", log_prints=False)
+def recover_restore_cluster(
+    spec: StackSpec,
+    credentials: str = "lab",
+    source: str = "",
+    target_time: datetime.datetime | None = None,
+    source_bucket: str | None = None,
+    stack: StackContext | None = None,
+) -> dict:
+    """A new stack `spec` whose cluster is stack `source`'s at `target_time`: its backup
+    and WAL replayed to the target by Patroni's bootstrap (then promoted), replicas
+    cloned, HAProxy routing, archiving under the new stack's own prefix, the source's
+    uploads copied, the web tier rolled out, a first backup. `source_bucket`: where the
+    source's backups are (default `lifeboat-<source>`). The source is only read."""
+    now = datetime.datetime.now(datetime.UTC)
+    if target_time is None or target_time.tzinfo is None:
+        raise pitr.RestoreRefused(
+            f"target_time={target_time}: give a moment with its time zone, e.g. "
+            f"{(now - datetime.timedelta(minutes=10)).isoformat(timespec='seconds')}"
+        )
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        timings[step] = round(time.monotonic() - t0 - sum(timings.values()), 1)
+
+    with opened(spec, credentials, stack) as ctx:
+        bucket = source_bucket or f"lifeboat-{source}"
+        # A bad source or target time stops here: nothing is created.
+        point = pitr.plan_task(
+            ctx.s3, spec.name, source, bucket, target_time.timestamp(), now.timestamp()
+        )
+        lap("plan")
+        provision(spec, credentials, stack=ctx)
+        lap("provision")
+        media = pitr.copy_media_task(ctx.s3, point, spec.bucket, spec.name)
+        lap("media")
+        cluster(spec, credentials, stack=ctx, restore=point)
+        lap("restore")
+        # Once more without the bootstrap settings: what `up` renders from now on.
+        cluster(spec, credentials, stack=ctx)
+        lap("cluster")
+        with ctx.remote.connect(backup.leader_host(ctx.remote, ctx.hosts)) as conn:
+            stopped = pitr.stopped_at(conn, point)
+        web = wordpress(spec, credentials, stack=ctx) if ctx.with_role("wordpress") else {}
+        lap("web tier")
+        first = flows_backup(spec, credentials, stack=ctx)
+        lap("first backup")
+    timings["total"] = round(time.monotonic() - t0, 1)
+    result = {
+        "stack": spec.name,
+        "source": source,
+        "source backup": point.backup_id,
+        "target time": point.target_time,
+        **stopped,
+        "media copied": media["copied"],
+        "media kept": media["kept"],
+        "site": web.get("steps", {}).get("site", "no web tier") if web else "no web tier",
+        "first backup": f"{first['id']} (timeline {first['timeline']})",
+        "timings": timings,
+    }
+    _report(spec, "restore-cluster", result)
     return result
 
 

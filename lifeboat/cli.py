@@ -636,6 +636,41 @@ def recover_replace_cmd(
     )
 
 
+@_command(recover_app, "restore-cluster")
+def recover_restore_cluster_cmd(
+    spec: Path = SPEC,
+    credentials: str = CREDENTIALS,
+    source: str = typer.Option(..., "--from", help="The stack whose backups to restore."),
+    target_time: str = typer.Option(
+        ..., "--target-time", help="Restore to this ISO 8601 moment, e.g. 2026-11-30T14:02:00Z."
+    ),
+    source_bucket: str = typer.Option(
+        None, "--from-bucket", help="The source's Spaces bucket (default: lifeboat-<from>)."
+    ),
+) -> None:
+    """A new stack (--spec: its own name) whose cluster is another stack's as it was at a
+    moment: its backup and WAL replayed by Patroni's bootstrap, replicas cloned, archiving
+    under the new stack's prefix, the source's uploads copied, the site, a first backup.
+    The source's archive is only read."""
+    stack = _load_spec(spec)
+    moment = _moment(target_time)
+    if source == stack.name:
+        raise BadInput(
+            f"--from {source} is the stack in --spec: restore into a new stack with a name "
+            "of its own (its droplets and Spaces prefix are new; the source is only read)"
+        )
+    _blocks(credentials)
+    from flows.recover import recover_restore_cluster
+
+    result = _run(recover_restore_cluster, stack, credentials, source, moment, source_bucket)
+    typer.echo(
+        f"stack {stack.name} restored from {source}'s backup {result['source backup']} to "
+        f"{result['target time']}: timeline {result['timeline']}, recovery stopped "
+        f"{result['stop']}; {result['media copied']} uploads copied; first backup "
+        f"{result['first backup']}; {result['timings']['total']} s"
+    )
+
+
 @_command(app, "destroy")
 def destroy_cmd(
     spec: Path = SPEC,

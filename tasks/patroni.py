@@ -32,6 +32,7 @@ from tasks.wheelhouse import VENV, install_patroni
 
 if TYPE_CHECKING:
     from tasks.context import Remote, Secrets
+    from tasks.pitr import RestorePoint
 
 CONFIG = DESTINATIONS["patroni/patroni.yml.j2"][0]
 UNIT = DESTINATIONS["patroni/patroni.service.j2"][0]
@@ -45,7 +46,14 @@ class PatroniError(RuntimeError):
     pass
 
 
-def render_config(spec: StackSpec, host: Host, etcd_ips: list[str], passwords: dict) -> str:
+def render_config(
+    spec: StackSpec,
+    host: Host,
+    etcd_ips: list[str],
+    passwords: dict,
+    restore: RestorePoint | None = None,
+) -> str:
+    """`restore`: bootstrap from another stack's backups (tasks/pitr.py) instead of initdb."""
     return render(
         "patroni/patroni.yml.j2",
         spec=spec,
@@ -53,6 +61,7 @@ def render_config(spec: StackSpec, host: Host, etcd_ips: list[str], passwords: d
         address=host.private_ip,
         etcd_hosts=etcd_ips,
         passwords=passwords,
+        restore=restore,
     )
 
 
@@ -82,6 +91,7 @@ def configure(
     etcd_ips: list[str],
     passwords: dict[str, str],
     wheels: Path,
+    restore: RestorePoint | None = None,
 ) -> dict[str, bool]:
     """Install Patroni and place its config and unit; starts nothing.
     Returns {"installed", "config_changed", "unit_changed", "active"}."""
@@ -90,7 +100,8 @@ def configure(
     version = spec.postgres.version
     run(conn, f"install -d -o postgres -g postgres -m 0755 /var/lib/postgresql/{version}")
     path, owner, mode = DESTINATIONS["patroni/patroni.yml.j2"]
-    config_changed = put(conn, path, render_config(spec, host, etcd_ips, passwords), mode, owner)
+    config = render_config(spec, host, etcd_ips, passwords, restore)
+    config_changed = put(conn, path, config, mode, owner)
     path, owner, mode = DESTINATIONS["patroni/patroni.service.j2"]
     unit_changed = put(conn, path, render("patroni/patroni.service.j2"), mode, owner)
     if unit_changed:
@@ -470,10 +481,16 @@ class StartReport:
 
 @task(name="patroni_configure", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def configure_member(
-    remote: Remote, host: Host, spec: StackSpec, etcd_ips: list, secrets: Secrets, wheels: Path
+    remote: Remote,
+    host: Host,
+    spec: StackSpec,
+    etcd_ips: list,
+    secrets: Secrets,
+    wheels: Path,
+    restore: RestorePoint | None = None,
 ) -> dict:
     with remote.connect(host) as conn:
-        return configure(conn, host, spec, etcd_ips, secrets.reveal(), wheels)
+        return configure(conn, host, spec, etcd_ips, secrets.reveal(), wheels, restore)
 
 
 # The waits for the cluster to converge: retrying would only wait longer; fail with the reason.

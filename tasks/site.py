@@ -14,6 +14,7 @@ installed once, and the content probe that proves it serves what was written.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import urllib.parse
 import xmlrpc.client
@@ -71,6 +72,47 @@ def set_theme(conn: Connection, spec: StackSpec) -> None:
         "WHERE option_name IN ('template', 'stylesheet')",
         _as_wordpress(spec),
     )
+
+
+def site_url(spec: StackSpec) -> str:
+    """The address WordPress's installer records (it guesses it from the request's Host)."""
+    return f"http://{spec.wordpress.site_domain(spec.name)}"
+
+
+def adopt(conn: Connection, spec: StackSpec, admin_password: str) -> str | None:
+    """A site whose database came from another stack (`recover restore-cluster`) made this
+    stack's: its address (`siteurl`, `home`) and the administrator's password. WordPress
+    accepts an MD5 hash in `user_pass` and replaces it with its own at the next login (the
+    way its documentation resets a password through the database); the probe logs in at
+    once. Returns the address the site had, or None when it already had this stack's."""
+    target = _as_wordpress(spec)
+    url = site_url(spec)
+    options = _options(spec)
+    was = query(conn, f"SELECT option_value FROM {options} WHERE option_name = 'siteurl'", target)
+    if was == url:
+        return None
+    users = f"public.{spec.wordpress.table_prefix.lower()}users"
+    user = literal(spec.wordpress.admin_user)
+    digest = hashlib.md5(admin_password.encode(), usedforsecurity=False).hexdigest()
+    updated = query(
+        conn,
+        f"UPDATE {users} SET user_pass = {literal(digest)}, user_activation_key = '' "
+        f"WHERE user_login = {user} RETURNING 1",
+        target,
+    )
+    if not updated:
+        logins = query(conn, f"SELECT string_agg(user_login, ', ') FROM {users}", target)
+        raise SiteError(
+            f"the site restored from {was} has no user {spec.wordpress.admin_user!r} (it has: "
+            f"{logins}): set wordpress.admin_user in the spec to its administrator"
+        )
+    query(
+        conn,
+        f"UPDATE {options} SET option_value = {literal(url)} "
+        "WHERE option_name IN ('siteurl', 'home')",
+        target,
+    )
+    return was
 
 
 def _host_header(spec: StackSpec) -> dict[str, str]:

@@ -18,18 +18,27 @@ from tasks.render import DESTINATIONS, TEMPLATES, render
 
 if TYPE_CHECKING:
     from tasks.context import Remote, Secrets
+    from tasks.pitr import RestorePoint
 
 UNIT = "lifeboat-wal-agent"
 # Debian's bundle includes whatever CA the droplet trusts (the lab CA in the local cloud).
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def config_context(spec: StackSpec, spaces: dict[str, str]) -> dict[str, str]:
-    """`spaces`: endpoint, region, access_key, secret_key (from the SpacesCredentials block)."""
-    return {**spaces, "bucket": spec.bucket, "prefix": spec.name, "ca_bundle": CA_BUNDLE}
+def config_context(
+    spec: StackSpec, spaces: dict[str, str], source: RestorePoint | None = None
+) -> dict[str, str]:
+    """`spaces`: endpoint, region, access_key, secret_key (from the SpacesCredentials block).
+    `source`: the archive a restored cluster reads what its own lacks from (read only)."""
+    context = {**spaces, "bucket": spec.bucket, "prefix": spec.name, "ca_bundle": CA_BUNDLE}
+    if source is not None:
+        context |= {"source_bucket": source.bucket, "source_prefix": source.stack}
+    return context
 
 
-def configure(conn: Connection, spec: StackSpec, spaces: dict[str, str]) -> bool:
+def configure(
+    conn: Connection, spec: StackSpec, spaces: dict[str, str], source: RestorePoint | None = None
+) -> bool:
     """Place the agent, the object layout and Spaces client it imports, its scripts, config
     (0600 postgres: it holds the Spaces keys) and unit, and the base backup program;
     (re)start the agent when any of its files changed. Returns whether anything changed."""
@@ -40,7 +49,7 @@ def configure(conn: Connection, spec: StackSpec, spaces: dict[str, str]) -> bool
         "wal/wal_agent.py": (TEMPLATES / "wal" / "wal_agent.py").read_text(),
         "wal/archive.sh.j2": render("wal/archive.sh.j2"),
         "wal/restore.sh.j2": render("wal/restore.sh.j2"),
-        "wal/wal.conf.j2": render("wal/wal.conf.j2", **config_context(spec, spaces)),
+        "wal/wal.conf.j2": render("wal/wal.conf.j2", **config_context(spec, spaces, source)),
         "wal/lifeboat-wal-agent.service.j2": render("wal/lifeboat-wal-agent.service.j2"),
     }
     changed = False
@@ -95,9 +104,15 @@ def verify_archiving(conn: Connection, timeout: float = 90) -> str:
 
 
 @task(name="wal_configure", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def configure_member(remote: Remote, host: Host, spec: StackSpec, spaces: Secrets) -> bool:
+def configure_member(
+    remote: Remote,
+    host: Host,
+    spec: StackSpec,
+    spaces: Secrets,
+    source: RestorePoint | None = None,
+) -> bool:
     with remote.connect(host) as conn:
-        return configure(conn, spec, spaces.reveal())
+        return configure(conn, spec, spaces.reveal(), source)
 
 
 @task(name="wal_verify", cache_policy=NO_CACHE, retries=0)

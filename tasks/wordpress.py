@@ -860,6 +860,11 @@ def install_site(stack: StackContext, db_host: Host, web_host: Host) -> str:
     wp = spec.wordpress
     with stack.remote.connect(db_host) as db:
         if site.installed(db, spec):
+            if moved := site.adopt(db, spec, stack.wordpress_secrets[WORDPRESS_ADMIN]):
+                return (
+                    f"changed: the site of {moved} (a restored database) now answers as "
+                    f"{site.site_url(spec)}, its administrator with this stack's password"
+                )
             return f"unchanged: installed, theme {site.active_theme(db, spec)}"
         with stack.remote.connect(web_host) as web:
             site.install(web, spec, stack.wordpress_secrets[WORDPRESS_ADMIN])

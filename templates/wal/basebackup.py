@@ -14,7 +14,7 @@ python3-zstandard only, with the WAL agent's config (/etc/lifeboat/wal.conf) and
       stays an incomplete multipart upload, which no listing shows. Never overwrites an
       object: an existing key is refused before pg_basebackup starts, and the upload is
       "create only" as the WAL agent's are (spaces_client.CreateOnly).
-  basebackup.py [--config FILE] restore --key KEY --sha256 HEX --pgdata DIR
+  basebackup.py [--config FILE] restore [--source] --key KEY --sha256 HEX --pgdata DIR
       The object -> zstd -> tar, extracted into a new directory beside DIR, then one
       syncfs (so PostgreSQL's startup has nothing left to sync), the stored object's
       SHA-256 checked, and only then renamed to DIR (absent or empty): a failed check
@@ -577,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("--key", required=True)
     back.add_argument("--sha256", required=True)
     back.add_argument("--pgdata", required=True)
+    back.add_argument(
+        "--source", action="store_true", help="from the source archive wal.conf names"
+    )
     wal = sub.add_parser("wal-list", help="the WAL archived for a data directory's cluster")
     wal.add_argument("--pgdata", required=True)
     args = parser.parse_args(argv)
@@ -585,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "take":
             result = take(settings, args.id, args.host, args.port, args.level, args.max_rate)
         elif args.command == "restore":
+            if args.source and (settings := settings.source()) is None:
+                raise RuntimeError("--source: wal.conf names no source_bucket")
             result = restore(settings, args.key, args.sha256, args.pgdata)
         else:
             result = wal_list(settings, args.pgdata)

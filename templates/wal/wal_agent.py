@@ -41,7 +41,9 @@ owns the layout), one zstd frame, with metadata sha256 (hex, of the original byt
 (original bytes) and compression=zstd. The system identifier comes from global/pg_control,
 so clusters that share a prefix (a re-bootstrap, a restore into a new cluster) never
 collide on segment names. The config file and the S3 client are spaces_client.py's (beside
-this file too), shared with the media agent on web droplets.
+this file too), shared with the media agent on web droplets. A restore not found there is
+read from the source archive when wal.conf names one (a cluster restored from another
+stack: same system identifier); nothing is ever written to the source.
 
 One-shot mode, one process per file (the benchmark's baseline; also handy by hand):
   agent.py [--config FILE] archive NAME PATH | restore NAME DEST
@@ -119,6 +121,18 @@ class Settings(spaces_client.Settings):
     socket: str = "/run/lifeboat/wal.sock"
     zstd_level: int = 1  # on WAL as small as 3, a third of the CPU (~22 vs 66 ms/segment)
     read_ahead: int = 2  # files uploaded in the background while PostgreSQL waits; 0: off
+    # A cluster restored from another stack's backups (`recover restore-cluster`) reads
+    # the WAL its own archive lacks from there: same system identifier, read only.
+    source_bucket: str = ""
+    source_prefix: str = ""
+
+    def source(self) -> Settings | None:
+        """These settings aimed at the source archive; None when there is none."""
+        if not self.source_bucket:
+            return None
+        return dataclasses.replace(
+            self, bucket=self.source_bucket, prefix=self.source_prefix or self.prefix
+        )
 
 
 def load_settings(path: str) -> Settings:
@@ -371,16 +385,23 @@ class Agent:
     def restore(self, name: str, dest: str, pgdata: str | None) -> str:
         """Every reason names the object: 404 not in the archive, 422 corrupt, 502 S3
         failed (asking, or while reading the body)."""
-        key = self.key(system_identifier(dest, pgdata), name)
-        where = f"s3://{self.s.bucket}/{key}"
-        try:
-            obj = self.client.get_object(Bucket=self.s.bucket, Key=key)
-        except ClientError as e:
-            if error_code(e) in NOT_FOUND:
-                raise Failure(404, f"{name} is not in the archive ({where})") from None
-            raise Failure(502, f"{where}: S3: {e}") from None
-        except BotoCoreError as e:
-            raise Failure(502, f"{where}: S3: {e}") from None
+        system_id = system_identifier(dest, pgdata)
+        places = [self.s] + ([source] if (source := self.s.source()) else [])
+        tried = []
+        for place in places:
+            key = spaces_layout.wal_key(place.prefix, system_id, name)
+            where = f"s3://{place.bucket}/{key}"
+            try:
+                obj = self.client.get_object(Bucket=place.bucket, Key=key)
+                break
+            except ClientError as e:
+                if error_code(e) not in NOT_FOUND:
+                    raise Failure(502, f"{where}: S3: {e}") from None
+                tried.append(where)
+            except BotoCoreError as e:
+                raise Failure(502, f"{where}: S3: {e}") from None
+        else:
+            raise Failure(404, f"{name} is not in the archive ({' nor '.join(tried)})")
         body = obj["Body"]
         try:
             expected = obj["Metadata"].get("sha256")

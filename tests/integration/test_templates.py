@@ -25,7 +25,13 @@ import pytest
 from blocks.stack import StackSpec
 from lifeboat.waiting import wait_until
 from tasks.render import render
-from tests.unit.test_templates import EXAMPLES, haproxy_cfg, parse_env_file, patroni_yml
+from tests.unit.test_templates import (
+    EXAMPLES,
+    POINT,
+    haproxy_cfg,
+    parse_env_file,
+    patroni_yml,
+)
 
 PATRONI = Path(sys.executable).parent / "patroni"
 
@@ -151,6 +157,26 @@ def test_patroni_yml_passes_validate_config(
     result = validate_patroni(path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
+
+
+def test_a_restoring_patroni_yml_passes_validate_config(
+    etcd_cluster: dict[str, str], tmp_path: Path
+) -> None:
+    spec = StackSpec.from_yaml(EXAMPLES / "compact.yaml")
+    address = next(iter(etcd_cluster.values()))
+    path = tmp_path / "patroni.yml"
+    path.write_text(
+        patroni_yml(
+            spec,
+            address,
+            list(etcd_cluster.values()),
+            data_dir=str(tmp_path / "pg"),
+            restore=POINT,
+        )
+    )
+    result = validate_patroni(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "lifeboat_restore" in path.read_text()
 
 
 def test_patroni_validation_can_fail(etcd_cluster: dict[str, str], tmp_path: Path) -> None:

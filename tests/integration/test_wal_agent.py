@@ -185,16 +185,15 @@ class Agent:
 
 
 def write_config(path: Path, endpoint: str, sock: Path, **extra: object) -> None:
+    settings = {"bucket": BUCKET, "prefix": PREFIX} | extra
     text = render(
         "wal/wal.conf.j2",
         endpoint=endpoint,
         region="nyc3",
-        bucket=BUCKET,
-        prefix=PREFIX,
         access_key="TESTKEY",
         secret_key=SECRET,
         socket=str(sock),
-        **extra,
+        **settings,
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -406,6 +405,54 @@ def test_same_name_in_two_clusters_does_not_collide(
     assert archive(agent, pgdata, name, b"first cluster" * 1000).returncode == 0
     assert archive(agent, second, name, b"second cluster" * 1000).returncode == 0
     assert stored(moto, pgdata.key(name))[0] != stored(moto, second.key(name))[0]
+
+
+def test_a_restored_cluster_reads_the_source_archive_and_writes_only_its_own(
+    moto: Moto, agent: Agent, pgdata: PgData, start_agent: Callable[..., Agent]
+) -> None:
+    """`recover restore-cluster`: the new stack's agent reads what its own archive lacks
+    from the source's (another bucket, same system identifier) and never writes there."""
+    moto.client.create_bucket(
+        Bucket="lifeboat-restored", CreateBucketConfiguration={"LocationConstraint": "nyc3"}
+    )
+    restored = start_agent(
+        moto.endpoint,
+        bucket="lifeboat-restored",
+        prefix="restored",
+        source_bucket=BUCKET,
+        source_prefix=PREFIX,
+    )
+    old, new = "000000010000000000000004", "000000020000000000000004"
+    data = wal_like(SEGMENT, 4)
+    assert archive(agent, pgdata, old, data).returncode == 0
+    source_keys = sorted(o["Key"] for o in moto.client.list_objects_v2(Bucket=BUCKET)["Contents"])
+
+    result = run(restored.restore_sh, old, f"pg_wal/{old}", pgdata.path)
+    assert result.returncode == 0, result.stderr
+    assert (pgdata.wal / old).read_bytes() == data
+    # In neither archive: "not in the archive", strict or not (the end of a recovery).
+    missing = run(restored.restore_sh, "000000010000000000000005", "pg_wal/X", pgdata.path)
+    assert missing.returncode == 1 and missing.stderr == ""
+    strict = subprocess.run(
+        [str(restored.restore_sh), "--strict", "000000010000000000000005", "pg_wal/X"],
+        cwd=pgdata.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert strict.returncode == 1, strict.stderr
+
+    # The new timeline archives under the restored stack's own prefix only.
+    assert archive(restored, pgdata, new, wal_like(SEGMENT, 5)).returncode == 0
+    own = moto.client.list_objects_v2(Bucket="lifeboat-restored")["Contents"]
+    assert [o["Key"] for o in own] == [f"restored/{pgdata.system_id}/wal/{new}.zst"]
+    after = sorted(o["Key"] for o in moto.client.list_objects_v2(Bucket=BUCKET)["Contents"])
+    assert after == source_keys
+    # Its own copy wins over the source's: a restore reads it from there.
+    result = run(restored.restore_sh, new, "pg_wal/RECOVERYXLOG", pgdata.path)
+    assert result.returncode == 0 and (pgdata.wal / "RECOVERYXLOG").read_bytes() == wal_like(
+        SEGMENT, 5
+    )
 
 
 def test_restore_of_a_missing_segment_exits_non_zero(agent: Agent, pgdata: PgData) -> None:

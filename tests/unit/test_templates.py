@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from blocks.stack import StackSpec
+from tasks.pitr import RestorePoint
 from tasks.render import render
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -75,6 +76,49 @@ def patroni_yml(spec: StackSpec, address: str, etcd_hosts: list[str], **extra: o
         passwords=PASSWORDS,
         **extra,
     )
+
+
+POINT = RestorePoint(
+    stack="compact",
+    bucket="lifeboat-compact",
+    target=1796000000.5,
+    backup_id="20261208T020000Z",
+    key="compact/7412/backups/20261208T020000Z/base.tar.zst",
+    sha256="ab" * 32,
+    system_id="7412",
+)
+
+
+def test_patroni_yml_restores_from_another_stack_when_asked() -> None:
+    """restore-cluster: a custom bootstrap extracting the source's backup, replaying to the
+    target with the strict restore_command, then promoting; initdb stays for the rest."""
+    spec = StackSpec.from_yaml(EXAMPLES / "compact.yaml")
+    plain = yaml.safe_load(patroni_yml(spec, "10.20.0.5", ["10.20.0.2"]))
+    assert "method" not in plain["bootstrap"]
+    config = yaml.safe_load(patroni_yml(spec, "10.20.0.5", ["10.20.0.2"], restore=POINT))
+    boot = config["bootstrap"]
+    assert boot["method"] == "lifeboat_restore"
+    method = boot["lifeboat_restore"]
+    assert method["command"].split() == [
+        "/usr/bin/python3",
+        "/usr/local/lib/lifeboat/basebackup.py",
+        "restore",
+        "--source",
+        "--key",
+        POINT.key,
+        "--sha256",
+        POINT.sha256,
+        "--pgdata",
+        config["postgresql"]["data_dir"],
+    ]
+    assert method["no_params"] is True
+    assert method["recovery_conf"] == {
+        "restore_command": "/usr/local/lib/lifeboat/wal-restore --strict %f %p",
+        "recovery_target_time": "2026-11-30 00:53:20.500000+00",
+        "recovery_target_action": "promote",
+        "recovery_target_timeline": "latest",
+    }
+    assert boot["dcs"] == plain["bootstrap"]["dcs"]
 
 
 def test_patroni_yml_content() -> None:
