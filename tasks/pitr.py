@@ -113,21 +113,21 @@ _STOP = re.compile(r"^(\d+)\s+([0-9A-F]+/[0-9A-F]+)\s+(.*)$")
 
 
 def stopped_at(conn: Connection, point: RestorePoint) -> dict[str, str]:
-    """On the new leader: the timeline it runs and why its recovery stopped, from that
-    timeline's history file. A restore that ended anywhere but at the target (the end of
-    the archive, say) raises RestoreRefused."""
+    """On the new leader: the timeline it runs, and where the restore's recovery stopped,
+    from that timeline's history file (it lists every switch point before it, so later
+    failovers do not hide the restore's). A recovery that ended anywhere but at a target
+    (the end of the archive, say) raises RestoreRefused."""
     timeline = int(sql.query(conn, "SELECT timeline_id FROM pg_control_checkpoint()"))
     history = f"pg_wal/{timeline:08X}.history"
     text = sql.query(conn, f"SELECT pg_read_file({sql.literal(history)})")
-    lines = [m for line in text.splitlines() if (m := _STOP.match(line.strip()))]
-    if not lines:
-        raise RestoreRefused(f"timeline {timeline} on {conn.host} has no history: not a restore")
-    parent, lsn, reason = lines[-1].groups()
-    if not reason.startswith("before ") and not reason.startswith("after "):
+    lines = [m.groups() for line in text.splitlines() if (m := _STOP.match(line.strip()))]
+    targets = [g for g in lines if g[2].startswith(("before ", "after "))]
+    if not targets:
+        last = f"{lines[-1][1]} ({lines[-1][2]!r})" if lines else "nowhere: no history"
         raise RestoreRefused(
-            f"recovery on {conn.host} stopped at {lsn} ({reason!r}), not at the target "
-            f"{point.target_time}"
+            f"recovery on {conn.host} stopped at {last}, not at the target {point.target_time}"
         )
+    parent, lsn, reason = targets[-1]
     return {
         "timeline": str(timeline),
         "branched from": f"timeline {parent} at {lsn}",

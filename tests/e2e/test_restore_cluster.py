@@ -103,7 +103,7 @@ def test_restore_cluster_to_a_time_between_two_markers(
         assert any(k.endswith(f"/wal/{history}.zst") for k in own), sorted(own)[:20]
         added = set(list_keys(s3, source.bucket, f"{source.name}/")) - source_keys
         assert not [k for k in added if history in k], added
-        assert [b.id for b in catalog(new, lab_blocks)]  # the first backup
+        assert [e.backup.id for e in catalog(new, lab_blocks)]  # the first backup
 
         # The upload came with the site: served by the new stack's web droplet.
         wait_for(
