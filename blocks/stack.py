@@ -549,7 +549,7 @@ class StackSpec(_Section):
     def resource_name(self) -> str:
         """The name of the stack's VPC, SSH key, firewall, load balancer and etcd cluster
         token, and of its Spaces bucket unless `backup.bucket` names one."""
-        return f"lifeboat-{self.name}"
+        return resource_name(self.name)
 
     @property
     def web_firewall_name(self) -> str:
@@ -734,6 +734,11 @@ def problems(error: ValidationError) -> list[str]:
 def format_errors(error: ValidationError) -> str:
     """The problems of `error` on one line."""
     return "; ".join(problems(error))
+
+
+def resource_name(stack: str) -> str:
+    """Stack `stack`'s resource name (StackSpec.resource_name): its default bucket too."""
+    return f"lifeboat-{stack}"
 
 
 class StackSpecBlock(Block):

@@ -14,7 +14,7 @@ import time
 
 from prefect import flow, get_run_logger
 
-from blocks.stack import StackSpec
+from blocks.stack import StackSpec, resource_name
 from flows.backup import backup as flows_backup
 from flows.cluster import cluster
 from flows.provision import provision
@@ -137,7 +137,7 @@ def recover_restore_cluster(
         timings[step] = round(time.monotonic() - t0 - sum(timings.values()), 1)
 
     with opened(spec, credentials, stack) as ctx:
-        bucket = source_bucket or f"lifeboat-{source}"
+        bucket = source_bucket or resource_name(source)
         # A bad source or target time stops here: nothing is created.
         point = pitr.plan_task(
             ctx.s3, spec.name, source, bucket, target_time.timestamp(), now.timestamp()
