@@ -1,24 +1,33 @@
 """Benchmark of backups in the local cloud (not a test): Lifeboat vs pgBackRest, side by
 side in one run. Prints figures, asserts nothing.
 
-    uv run python -m bench.backup [--scale 50] [--backlog 160] [--rate 48] [--keep]
+    uv run python -m bench.backup [--scale 50] [--rounds 3] [--backlog 160] [--rate 48] [--keep]
 
 Stack `kbench` (examples/compact.yaml, 3 db + 1 web, VPC 10.130.0.0/16) is destroyed and
 built again (provision + cluster), a pgbench database of scale 50 (~750 MB) is made, and
-on the primary, for each tool in turn:
-- base backup wall time, stored bytes and peak RSS (largest process of the backup's
-  tree: getrusage of the waited children);
-- restore of that backup into a fresh directory on the same droplet until a write
-  commits (tasks/restore.py), replaying WAL from the tool's own archive;
-- WAL backlog drain: archive_command '/bin/false' (through Patroni's dynamic config)
-  while pgbench runs until --backlog segments wait, then the tool's command; segments/s
-  from the moment the server runs the new command until archive_status has no .ready;
-- segment delay (.ready appears -> .ready gone, polled every 50 ms) while pgbench
-  emits ~--rate MB/s of WAL for --seconds (measured rate printed), and whether the
-  backlog grew.
-pgBackRest is Debian's (2.45) at its best: compress-type=zst, repo1-bundle=y,
-process-max=2, archive-async=y with a spool path, S3 path-style to the same server and
-bucket under its own repo path; its keys live in a 0600 config on the droplet only.
+on the primary:
+- --rounds alternating rounds (Lifeboat first in odd rounds, pgBackRest first in even
+  ones), each: a base backup by each tool, then a restore of each to the same target time
+  (taken after both backups) into a fresh directory on the same droplet, until a write
+  commits. Like for like: zstd level 1 and two threads on both sides (Lifeboat's default;
+  pgBackRest `compress-level=1`, `process-max=2`), one archive_command that archives to
+  both (`wal-archive && pgbackrest archive-push`), and the same work timed: pgBackRest's
+  `backup` includes its archive check (the backup's last segment archived) and expire, so
+  Lifeboat's side is its whole backup step (basebackup.py take, the manifest, the last
+  segment switched and archived, the archive listed for gaps, retention). Restores:
+  Lifeboat's `tasks/restore.py` with `recovery_target_time` vs `pgbackrest restore
+  --type=time --target-action=promote`, each replaying its own archive. Each figure is
+  the median [min-max] of the rounds; the ratio is of the medians, then per round.
+- WAL backlog drain (one run per tool): archive_command '/bin/false' (through Patroni's
+  dynamic config) while pgbench runs until --backlog segments wait, then the tool's
+  command; segments/s from the moment the server runs the new command until
+  archive_status has no .ready;
+- segment delay (one run per tool): .ready appears -> .ready gone, polled every 50 ms,
+  while pgbench emits ~--rate MB/s of WAL for --seconds (measured rate printed), and
+  whether the backlog grew.
+pgBackRest is Debian's (2.45): compress-type=zst, repo1-bundle=y, archive-async=y with a
+spool path, S3 path-style to the same server and bucket under its own repo path; its keys
+live in a 0600 config on the droplet only.
 
 WAL payload: pg_logical_emit_message of 1 MiB rows that are a quarter md5 hex and the
 rest filler, so segments compress about 8:1 (what pgBackRest measured on real WAL here)
@@ -44,7 +53,7 @@ from flows.provision import provision
 from flows.up import up
 from lab import lifecycle
 from lab.credentials import save_blocks
-from tasks import backup, droplets, patroni, restore, spaces
+from tasks import backup, droplets, patroni, restore, spaces, wal
 from tasks import context as rm
 from tasks.hosts import Host, put, run
 
@@ -59,16 +68,11 @@ PGDATA = "/var/lib/postgresql/15/patroni"
 LIFEBOAT_ARCHIVE = "/usr/local/lib/lifeboat/wal-archive %p %f"
 PGBR_CONF = "/etc/pgbackrest.conf"  # Debian's pgbackrest reads this by default
 PGBR_ARCHIVE = f"pgbackrest --stanza={STACK} archive-push %p"
+# Both archives hold every segment while the rounds run: each tool restores from its own.
+BOTH_ARCHIVE = f"{LIFEBOAT_ARCHIVE} && {PGBR_ARCHIVE}"
 PGBR_REPO = "pgbackrest-bench"  # repo path in the stack's bucket, beside Lifeboat's prefix
 TOOLS = ("lifeboat", "pgbackrest")
 SPACES_IP, SPACES_DNS = "198.18.0.1", "spaces.lab"  # the lab's S3 terminator and its name
-
-# Runs a command and reports the peak RSS of its largest process (children's rusage).
-RSS_WRAPPER = (
-    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-    "print('maxrss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-    "file=sys.stderr); sys.exit(rc)"
-)
 
 EMIT_SQL = (
     "\\set id random(1, 8)\n"
@@ -157,12 +161,8 @@ print(json.dumps(out))
 
 @dataclass
 class Figures:
-    """One tool's results."""
+    """One tool's single-run results (the rounds are `Round`s)."""
 
-    backup_s: float = 0.0
-    backup_bytes: int = 0
-    backup_rss_kb: int = 0
-    restore: restore.RestoreTimings | None = None
     drain: dict[str, Any] = field(default_factory=dict)
     load: dict[str, Any] = field(default_factory=dict)
 
@@ -304,6 +304,7 @@ repo1-path=/{PGBR_REPO}
 repo1-bundle=y
 repo1-retention-full=2
 compress-type=zst
+compress-level=1
 process-max=2
 archive-async=y
 spool-path=/var/spool/pgbackrest
@@ -335,82 +336,103 @@ def clear_prefix(creds: SpacesCredentials, bucket: str, prefix: str) -> int:
     return n
 
 
-def stored_bytes(creds: SpacesCredentials, bucket: str, prefix: str) -> int:
-    s3 = spaces.s3_client(creds)
-    total = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        total += sum(o["Size"] for o in page.get("Contents", []))
-    return total
-
-
-def _rss(stderr: str) -> int:
-    line = next((x for x in stderr.splitlines() if x.startswith("maxrss_kb")), "maxrss_kb 0")
-    return int(line.split()[1])
-
-
 # --- the measurements ---------------------------------------------------------------
 
 
-def lifeboat_backup_and_restore(conn: Connection, fig: Figures) -> None:
-    backup_id = time.strftime("bench-%Y%m%dT%H%M%S")
+@dataclass
+class Round:
+    """One round's figures for one tool, in seconds."""
+
+    backup_s: float
+    restore: restore.RestoreTimings
+
+
+def lifeboat_backup(conn: Connection, spec: StackSpec, s3: Any, leader: str) -> tuple[float, dict]:  # noqa: ANN401
+    """Lifeboat's whole backup step, as flows/backup.py runs it (from the primary here):
+    take, manifest, last segment switched and archived, gaps listed, retention."""
     t0 = time.monotonic()
-    res = run(
-        conn,
-        f"cd {WORK} && {AS_PG} python3 -c {shlex.quote(RSS_WRAPPER)} python3 "
-        f"{backup.PROGRAM} take --id {backup_id}",
-        timeout=1800,
-    )
-    fig.backup_s = time.monotonic() - t0
-    fig.backup_rss_kb = _rss(res.stderr)
-    obj = json.loads(res.stdout.strip().splitlines()[-1])["objects"][0]
-    fig.backup_bytes = obj["bytes"]
-    print(
-        f"lifeboat backup {fig.backup_s:.1f} s, {obj['bytes'] / 1e6:.0f} MB "
-        f"({obj['raw_bytes'] / 1e6:.0f} MB raw, {obj['parts']} parts)"
-    )
+    facts = backup.take(conn, backup.new_id())
+    manifest = backup.write_manifest(s3, spec.bucket, spec.name, facts, source=leader)
+    last = wal.verify_archiving(conn, timeout=300)
+    _, missing = backup.wal_gaps(s3, spec.bucket, spec.name, manifest, last)
+    if missing:
+        raise RuntimeError(f"lifeboat backup {facts['id']}: WAL missing: {missing[:5]}")
+    backup.apply_retention(s3, spec.bucket, spec.name, 2, 1)
+    return time.monotonic() - t0, facts["objects"][0]
+
+
+def lifeboat_restore(conn: Connection, obj: dict, target: float) -> restore.RestoreTimings:
     scratch = restore.Scratch("bench-lifeboat", 5433)
     restore.cleanup(conn, scratch)
     try:
-        fig.restore = restore.restore(conn, scratch, obj["key"], obj["sha256"])
+        return restore.restore(conn, scratch, obj["key"], obj["sha256"], target_time=target)
     finally:
         restore.cleanup(conn, scratch)
-    print(f"lifeboat restore {fig.restore}")
 
 
-def pgbackrest_backup_and_restore(
-    conn: Connection, fig: Figures, creds: SpacesCredentials, bucket: str
-) -> None:
+def pgbackrest_backup(conn: Connection) -> tuple[float, str]:
+    """`pgbackrest backup` (its archive check and expire included); the backup's label."""
     t0 = time.monotonic()
-    res = run(
-        conn,
-        f"cd {WORK} && {AS_PG} python3 -c {shlex.quote(RSS_WRAPPER)} pgbackrest "
-        f"--stanza={STACK} backup --type=full",
-        timeout=1800,
-    )
-    fig.backup_s = time.monotonic() - t0
-    fig.backup_rss_kb = _rss(res.stderr)
+    run(conn, f"cd {WORK} && {AS_PG} pgbackrest --stanza={STACK} backup --type=full", timeout=1800)
+    seconds = time.monotonic() - t0
     info = json.loads(run(conn, f"{AS_PG} pgbackrest --stanza={STACK} info --output=json").stdout)
-    label = info[0]["backup"][-1]["label"]
-    fig.backup_bytes = stored_bytes(creds, bucket, f"{PGBR_REPO}/backup/{STACK}/{label}/")
-    print(f"pgbackrest backup {fig.backup_s:.1f} s, {fig.backup_bytes / 1e6:.0f} MB ({label})")
+    return seconds, info[0]["backup"][-1]["label"]
+
+
+def pgbackrest_restore(conn: Connection, label: str, target: float) -> restore.RestoreTimings:
     scratch = restore.Scratch("bench-pgbackrest", 5434)
     restore.cleanup(conn, scratch)
     try:
         t0 = time.monotonic()
         restore.prepare(conn, scratch)
+        when = shlex.quote(restore.pg_time(target))
         run(
             conn,
-            f"{AS_PG} pgbackrest --stanza={STACK} --pg1-path={scratch.data} restore --set={label}",
+            f"{AS_PG} pgbackrest --stanza={STACK} --pg1-path={scratch.data} restore "
+            f"--set={label} --type=time --target={when} --target-action=promote",
             timeout=1800,
         )
         t1 = time.monotonic()
         restore.start(conn, scratch, restore_command=None)  # pgBackRest wrote its own
         restore.wait_writable(conn, scratch)
         t2 = time.monotonic()
-        fig.restore = restore.RestoreTimings(t1 - t0, t2 - t1, t2 - t0, fig.backup_bytes)
+        return restore.RestoreTimings(t1 - t0, t2 - t1, t2 - t0, 0)
     finally:
         restore.cleanup(conn, scratch)
-    print(f"pgbackrest restore {fig.restore}")
+
+
+def rounds(conn: Connection, spec: StackSpec, s3: Any, leader: str, n: int) -> dict:  # noqa: ANN401
+    """n alternating rounds of backup then restore to a common target time, per tool."""
+    out: dict[str, list[Round]] = {tool: [] for tool in TOOLS}
+    for i in range(n):
+        order = TOOLS if i % 2 == 0 else TOOLS[::-1]
+        taken: dict[str, Any] = {}
+        backups: dict[str, float] = {}
+        for tool in order:
+            if tool == "lifeboat":
+                backups[tool], taken[tool] = lifeboat_backup(conn, spec, s3, leader)
+            else:
+                backups[tool], taken[tool] = pgbackrest_backup(conn)
+        time.sleep(1)
+        target = time.time()
+        time.sleep(1)
+        wal.verify_archiving(conn, timeout=300)  # a commit after the target, archived
+        for tool in order:
+            timings = (
+                lifeboat_restore(conn, taken[tool], target)
+                if tool == "lifeboat"
+                else pgbackrest_restore(conn, taken[tool], target)
+            )
+            out[tool].append(Round(backups[tool], timings))
+        print(
+            f"round {i + 1}/{n} ({' first, '.join(order)} second): "
+            + "; ".join(
+                f"{t} backup {out[t][-1].backup_s:.1f} s, restore {out[t][-1].restore.total:.1f} s"
+                for t in TOOLS
+            ),
+            flush=True,
+        )
+    return out
 
 
 def drain(conn: Connection, command: str, backlog: int) -> dict:
@@ -448,7 +470,16 @@ def load(conn: Connection, command: str, rate: int, seconds: int) -> dict:
 # --- the report -----------------------------------------------------------------------
 
 
-def report(figs: dict[str, Figures], primary: str, args: argparse.Namespace) -> None:
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
+
+
+def report(
+    measured: dict[str, list[Round]],
+    figs: dict[str, Figures],
+    primary: str,
+    args: argparse.Namespace,
+) -> None:
     lb, br = figs["lifeboat"], figs["pgbackrest"]
 
     def ratio(a: float, b: float) -> float:
@@ -462,38 +493,22 @@ def report(figs: dict[str, Figures], primary: str, args: argparse.Namespace) -> 
     def row(label: str, a: str, b: str, r: str = "", target: str = "") -> None:
         rows.append((label, a, b, r, target))
 
-    row(
-        "base backup wall time (primary)",
-        f"{lb.backup_s:.1f} s",
-        f"{br.backup_s:.1f} s",
-        f"{ratio(lb.backup_s, br.backup_s):.2f}",
-        _verdict(ratio(lb.backup_s, br.backup_s) <= 1.0, "<= 1.0"),
-    )
-    row(
-        "base backup stored",
-        f"{lb.backup_bytes / 1e6:.0f} MB",
-        f"{br.backup_bytes / 1e6:.0f} MB",
-        f"{ratio(lb.backup_bytes, br.backup_bytes):.2f}",
-    )
-    row(
-        "backup peak RSS (largest process)",
-        f"{lb.backup_rss_kb / 1024:.0f} MB",
-        f"{br.backup_rss_kb / 1024:.0f} MB",
-    )
-    lr, brr = lb.restore, br.restore
-    assert lr is not None and brr is not None
-    row(
-        "restore to writable (same droplet)",
-        f"{lr.total:.1f} s",
-        f"{brr.total:.1f} s",
-        f"{ratio(lr.total, brr.total):.2f}",
-        _verdict(ratio(lr.total, brr.total) <= 1.0, "<= 1.0"),
-    )
-    row("  of which fetch + extract", f"{lr.fetch:.1f} s", f"{brr.fetch:.1f} s")
-    row("  of which start -> writable", f"{lr.recovery:.1f} s", f"{brr.recovery:.1f} s")
+    def timed(label: str, pick: Any, goal: float | None = None) -> None:  # noqa: ANN401
+        ours = [pick(r) for r in measured["lifeboat"]]
+        theirs = [pick(r) for r in measured["pgbackrest"]]
+        r = ratio(statistics.median(ours), statistics.median(theirs))
+        per_round = ", ".join(f"{ratio(a, b):.2f}" for a, b in zip(ours, theirs, strict=True))
+        verdict = _verdict(r <= goal, f"<= {goal}") if goal is not None else ""
+        row(label, spread(ours) + " s", spread(theirs) + " s", f"{r:.2f} ({per_round})", verdict)
+
+    n = len(measured["lifeboat"])
+    timed(f"base backup, whole step ({n} rounds)", lambda r: r.backup_s, 0.8)
+    timed("restore to a time, to writable", lambda r: r.restore.total, 1.0)
+    timed("  of which fetch + extract", lambda r: r.restore.fetch)
+    timed("  of which start -> writable", lambda r: r.restore.recovery)
     dr = ratio(lb.drain["rate"], br.drain["rate"])
     row(
-        "WAL backlog drain (archive-async)",
+        "WAL backlog drain (one run)",
         f"{lb.drain['rate']:.1f} seg/s",
         f"{br.drain['rate']:.1f} seg/s",
         f"{dr:.2f}",
@@ -501,7 +516,7 @@ def report(figs: dict[str, Figures], primary: str, args: argparse.Namespace) -> 
     )
     row("  backlog drained", f"{lb.drain['segments']} seg", f"{br.drain['segments']} seg")
     row(
-        "WAL rate under load (measured)",
+        "WAL rate under load (one run)",
         f"{lb.load['mb_s']:.1f} MB/s",
         f"{br.load['mb_s']:.1f} MB/s",
     )
@@ -526,7 +541,8 @@ def report(figs: dict[str, Figures], primary: str, args: argparse.Namespace) -> 
     )
     print(
         f"\nLifeboat vs pgBackRest 2.45, stack {STACK}, pgbench scale {args.scale}, "
-        f"primary {primary}, moto S3 behind TLS; ratios Lifeboat/pgBackRest"
+        f"primary {primary}, moto S3 behind TLS, zstd level 1 and 2 threads on both sides; "
+        "median [min-max]; ratio Lifeboat/pgBackRest of the medians (per round)"
     )
     widths = [max(len(r[i]) for r in [*rows, _HEADER]) for i in range(5)]
     for r in [_HEADER, *rows]:
@@ -543,6 +559,7 @@ def _verdict(ok: bool, target: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating backup+restore rounds")
     parser.add_argument("--backlog", type=int, default=160, help="segments to drain")
     parser.add_argument("--rate", type=int, default=48, help="MiB/s of WAL under load")
     parser.add_argument("--seconds", type=int, default=60, help="length of the load")
@@ -579,13 +596,11 @@ def main() -> None:
             prepare_primary(conn, args.scale)
             wait_archive_command(conn, LIFEBOAT_ARCHIVE)
             wait_no_backlog(conn)
-            lifeboat_backup_and_restore(conn, figs["lifeboat"])
-
             clear_prefix(creds, spec.bucket, f"{PGBR_REPO}/")
             configure_pgbackrest(conn, spec, creds)
-            set_archive_command(conn, PGBR_ARCHIVE)
-            wait_archive_command(conn, PGBR_ARCHIVE)
-            pgbackrest_backup_and_restore(conn, figs["pgbackrest"], creds, spec.bucket)
+            set_archive_command(conn, BOTH_ARCHIVE)
+            wait_archive_command(conn, BOTH_ARCHIVE)
+            measured = rounds(conn, spec, spaces.s3_client(creds), leader.name, args.rounds)
 
             for tool in TOOLS:
                 figs[tool].drain = drain(conn, commands[tool], args.backlog)
@@ -595,7 +610,7 @@ def main() -> None:
 
             set_archive_command(conn, LIFEBOAT_ARCHIVE)
             wait_archive_command(conn, LIFEBOAT_ARCHIVE)
-        report(figs, leader.name, args)
+        report(measured, figs, leader.name, args)
     finally:
         rm.save_pins(credentials, remote)
         if not args.keep:
