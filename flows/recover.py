@@ -21,6 +21,7 @@ from flows.provision import provision
 from flows.report import publish
 from flows.wordpress import wordpress
 from tasks import backup, layout, pitr, recover, spaces
+from tasks.backup import first_backup_needed
 from tasks.context import StackContext, opened
 
 
@@ -147,16 +148,20 @@ def recover_restore_cluster(
         lap("provision")
         media = pitr.copy_media_task(ctx.s3, point, spec.bucket, spec.name)
         lap("media")
-        cluster(spec, credentials, stack=ctx, restore=point)
+        restored = cluster(spec, credentials, stack=ctx, restore=point)
         lap("restore")
         # Once more without the bootstrap settings: what `up` renders from now on.
-        cluster(spec, credentials, stack=ctx)
+        again = cluster(spec, credentials, stack=ctx)
         lap("cluster")
         with ctx.remote.connect(backup.leader_host(ctx.remote, ctx.hosts)) as conn:
             stopped = pitr.stopped_at(conn, point)
         web = wordpress(spec, credentials, stack=ctx) if ctx.with_role("wordpress") else {}
         lap("web tier")
-        first = flows_backup(spec, credentials, stack=ctx)
+        first = (
+            flows_backup(spec, credentials, stack=ctx)
+            if first_backup_needed(ctx)
+            else {"id": "none needed: the catalog has one of this cluster", "timeline": "-"}
+        )
         lap("first backup")
     timings["total"] = round(time.monotonic() - t0, 1)
     result = {
@@ -165,6 +170,7 @@ def recover_restore_cluster(
         "source backup": point.backup_id,
         "target time": point.target_time,
         **stopped,
+        "cluster": "changed" if restored["changed"] or again["changed"] else "unchanged",
         "media copied": media["copied"],
         "media kept": media["kept"],
         "site": web.get("steps", {}).get("site", "no web tier") if web else "no web tier",

@@ -112,5 +112,12 @@ def test_restore_cluster_to_a_time_between_two_markers(
             timeout=60,
         )
         assert result["media copied"] >= 1
+
+        # A rerun finds it all done: nothing changes, no second backup.
+        rerun = recover_restore_cluster(new, lab_blocks, source.name, target)
+        assert rerun["cluster"] == "unchanged", rerun
+        assert rerun["site"].startswith("unchanged"), rerun
+        assert rerun["media copied"] == 0 and rerun["first backup"].startswith("none needed")
+        assert rerun["timeline"] == result["timeline"]
     finally:
         destroy_stack(do, new)
