@@ -21,6 +21,7 @@ from flows.backup import BackupRefused, backup, backup_health
 from flows.recover import recover_undelete
 from flows.status import stack_status
 from lab import faults
+from lifeboat.waiting import NotYet
 from tasks import backup as bk
 from tasks import catalog, layout, restore, wal
 from tasks import context as rm
@@ -143,14 +144,21 @@ def test_s3_outage_leaves_wal_waiting_then_the_archive_catches_up(stacks, lab_bl
     _load(spec, lab_blocks, 150)
     count = "SELECT count(*) FROM pgbench_history"
     faults.s3_outage()
+    began = time.monotonic()
     try:
-        time.sleep(110)
-        waiting = _on_leader(
-            spec,
-            lab_blocks,
-            f"ls $({PSQL} -c 'SHOW data_directory')/pg_wal/archive_status | grep -c ready",
-        )
-        assert int(waiting) >= 2, "no WAL waiting on the primary during the outage"
+        # Until WAL waits on the primary and its last archive is older than the limit
+        # below (with a margin for an archive that was in flight when S3 went).
+        def waiting() -> int:
+            ready = _on_leader(
+                spec,
+                lab_blocks,
+                f"ls $({PSQL} -c 'SHOW data_directory')/pg_wal/archive_status | grep -c ready",
+            )
+            if int(ready) < 2 or time.monotonic() - began < 45:
+                raise NotYet(f"{ready} segments waiting after {time.monotonic() - began:.0f} s")
+            return int(ready)
+
+        wait_for("WAL waiting on the primary during the outage", waiting, timeout=150, every=5)
         with pytest.raises(bk.BackupError, match="archive lags"):
             backup_health(spec, lab_blocks, max_archive_age=30)
     finally:
