@@ -70,7 +70,10 @@ PGBR_CONF = "/etc/pgbackrest.conf"  # Debian's pgbackrest reads this by default
 PGBR_ARCHIVE = f"pgbackrest --stanza={STACK} archive-push %p"
 # Both archives hold every segment while the rounds run: each tool restores from its own.
 BOTH_ARCHIVE = f"{LIFEBOAT_ARCHIVE} && {PGBR_ARCHIVE}"
-PGBR_REPO = "pgbackrest-bench"  # repo path in the stack's bucket, beside Lifeboat's prefix
+PGBR_REPO = "pgbackrest-bench"  # repo paths in the stack's bucket, beside Lifeboat's prefix
+# A repo of its own per run: the lab's S3 still lists deleted objects' directories in a
+# versioned bucket, and stanza-create refuses a repo whose directories are not empty.
+RUN_REPO = f"{PGBR_REPO}/{time.strftime('%Y%m%dT%H%M%S')}"
 TOOLS = ("lifeboat", "pgbackrest")
 SPACES_IP, SPACES_DNS = "198.18.0.1", "spaces.lab"  # the lab's S3 terminator and its name
 
@@ -300,7 +303,7 @@ repo1-s3-uri-style=path
 repo1-s3-key={creds.access_key.get_secret_value()}
 repo1-s3-key-secret={creds.secret_key.get_secret_value()}
 repo1-s3-ca-file=/etc/ssl/certs/ca-certificates.crt
-repo1-path=/{PGBR_REPO}
+repo1-path=/{RUN_REPO}
 repo1-bundle=y
 repo1-retention-full=2
 compress-type=zst
@@ -600,7 +603,6 @@ def main() -> None:
             prepare_primary(conn, args.scale)
             wait_archive_command(conn, LIFEBOAT_ARCHIVE)
             wait_no_backlog(conn)
-            clear_prefix(creds, spec.bucket, f"{PGBR_REPO}/")
             configure_pgbackrest(conn, spec, creds)
             set_archive_command(conn, BOTH_ARCHIVE)
             wait_archive_command(conn, BOTH_ARCHIVE)
