@@ -27,20 +27,16 @@ the load balancer (the drill's SiteProbe). Not measured: the watcher (not built)
 
 from __future__ import annotations
 
-import os
+import argparse
+import statistics
+from collections import Counter
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-import argparse  # noqa: E402 - Prefect reads the variable above when imported
-import statistics  # noqa: E402
-from collections import Counter  # noqa: E402
-
-from bench.backup import whole_stack_up  # noqa: E402
-from blocks.stack import StackSpec  # noqa: E402
-from flows.cluster import cluster  # noqa: E402
-from flows.failover import failover_drill  # noqa: E402
-from tasks import context as rm  # noqa: E402
-from tasks import droplets, patroni  # noqa: E402
+from bench.backup import whole_stack_up
+from blocks.stack import StackSpec
+from flows.cluster import cluster
+from flows.failover import failover_drill
+from tasks import context as rm
+from tasks import droplets, patroni
 
 STACK = "fbench"
 VPC = "10.50.0.0/16"

@@ -858,8 +858,6 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep stacks whose site answers")
     parser.add_argument("--profile", action="store_true", help="profile even when the ratio is met")
     args = parser.parse_args()
-    # Prefect's temporary server would try to send telemetry out of this machine.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     clients = [int(c) for c in args.clients.split(",")]
 
     credentials = "lab"  # the lab's blocks (`lifeboat lab blocks` saves them)
