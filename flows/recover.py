@@ -173,7 +173,7 @@ def recover_restore_cluster(
         "cluster": "changed" if restored["changed"] or again["changed"] else "unchanged",
         "media copied": media["copied"],
         "media kept": media["kept"],
-        "site": web.get("steps", {}).get("site", "no web tier") if web else "no web tier",
+        "site": web.get("steps", {}).get("site", "no web tier"),
         "first backup": f"{first['id']} (timeline {first['timeline']})",
         "timings": timings,
     }

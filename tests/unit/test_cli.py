@@ -477,31 +477,25 @@ def test_undelete_needs_a_moment_with_its_time_zone() -> None:
     )
 
 
-def test_restore_cluster_refuses_its_own_source_and_a_time_without_zone() -> None:
+@pytest.mark.parametrize(
+    ("source", "when", "message"),
+    [
+        (
+            "compact",
+            "2026-11-30T14:02:00Z",
+            "--from compact is the stack in --spec: restore into a new stack with a name of "
+            "its own",
+        ),
+        ("article", "2026-11-30T14:02", "--target-time '2026-11-30T14:02' has no time zone"),
+    ],
+)
+def test_restore_cluster_refuses_its_own_source_and_a_time_without_zone(
+    source: str, when: str, message: str
+) -> None:
     spec = str(EXAMPLES / "compact.yaml")
     refused(
         invoke(
-            "recover",
-            "restore-cluster",
-            "--spec",
-            spec,
-            "--from",
-            "compact",
-            "--target-time",
-            "2026-11-30T14:02:00Z",
+            "recover", "restore-cluster", "--spec", spec, "--from", source, "--target-time", when
         ),
-        "--from compact is the stack in --spec: restore into a new stack with a name of its own",
-    )
-    refused(
-        invoke(
-            "recover",
-            "restore-cluster",
-            "--spec",
-            spec,
-            "--from",
-            "article",
-            "--target-time",
-            "2026-11-30T14:02",
-        ),
-        "--target-time '2026-11-30T14:02' has no time zone",
+        message,
     )
