@@ -71,9 +71,13 @@ def configure(
 def verify_archiving(conn: Connection, timeout: float = 90) -> str:
     """On the primary: close the current segment and wait until PostgreSQL reports it (or
     a later one) archived. Returns the segment's name."""
-    # A little WAL first: pg_switch_wal() does nothing on an idle segment start.
+    # A little WAL first (pg_switch_wal() does nothing on an idle segment start), written
+    # before the switch: a logical message is logged at once, where txid_current()'s
+    # commit would land after the switch, in the next segment.
     target = sql.query(
-        conn, "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT txid_current()) AS t"
+        conn,
+        "SELECT pg_walfile_name(pg_switch_wal())"
+        " FROM (SELECT pg_logical_emit_message(false, 'lifeboat', 'switch')) AS t",
     )
 
     def archived() -> bool:
@@ -91,7 +95,9 @@ def verify_archiving(conn: Connection, timeout: float = 90) -> str:
         )
 
     try:
-        wait_until(f"WAL segment {target} archived on {conn.host}", archived, timeout, every=1)
+        # Polled often: a segment is archived in a fraction of a second, and every step
+        # that waits here (a backup, a drill's marker) would otherwise wait a whole second.
+        wait_until(f"WAL segment {target} archived on {conn.host}", archived, timeout, every=0.2)
     except WaitTimeout as e:
         raise RuntimeError(
             f"WAL segment {target} not archived after {timeout:.0f}s on {conn.host} "

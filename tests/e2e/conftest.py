@@ -265,9 +265,11 @@ def worker(deployed: dict, prefect_server, tmp_path_factory: pytest.TempPathFact
     try:
         yield {"pid": proc.pid, "log": log}
     finally:
+        # The worker does not end on SIGTERM while its loop is busy (30 s measured): the
+        # test is over, so SIGKILL follows a short grace to its whole process group.
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)

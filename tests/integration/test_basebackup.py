@@ -207,3 +207,36 @@ def test_a_failed_pg_basebackup_leaves_no_upload_behind(server: Server, moto: Mo
     keys = [o["Key"] for o in moto.client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert not [k for k in keys if "/broken/" in k]
     assert moto.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+TAP_CHECK = """
+import io, sys, tarfile, zstandard
+sys.path.insert(0, sys.argv[1])
+import basebackup
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    info = tarfile.TarInfo("PG_VERSION")
+    info.size = 3
+    tar.addfile(info, io.BytesIO(b"15\\n"))
+whole = zstandard.ZstdCompressor().compress(buf.getvalue())
+for label, stream in (("cut", whole[:-5]), ("whole", whole)):
+    tap = basebackup.Tap(io.BytesIO(stream), "backup_manifest")
+    while tap.read(7):
+        pass
+    try:
+        tap.finish()
+    except RuntimeError as e:
+        print(label, e, tap.raw_bytes)
+"""
+
+
+def test_a_stream_cut_inside_its_frame_or_without_a_manifest_is_refused(server: Server) -> None:
+    """What is stored is decompressed as it is read: a zstd stream that ends inside its
+    frame fails the backup, and so does a whole one whose tar has no backup_manifest."""
+    res = subprocess.run(
+        [PYTHON, "-c", TAP_CHECK, str(server.base)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    cut, whole = res.stdout.splitlines()
+    assert cut.startswith("cut pg_basebackup's zstd stream ends inside its frame")
+    assert whole == "whole pg_basebackup's output had no backup_manifest 10240"
