@@ -16,12 +16,16 @@ POSTGRES_REPLICATION = "postgres-replication"
 POSTGRES_REWIND = "postgres-rewind"
 PATRONI_RESTAPI = "patroni-restapi"
 HAPROXY_STATS = "haproxy-stats"
+# The role HAProxy droplets check routing with (login only, no privileges): with
+# WordPress's, the only database credential a droplet outside the database tier holds.
+POSTGRES_ROUTING = "postgres-routing"
 CLUSTER_SECRETS = (
     POSTGRES_SUPERUSER,
     POSTGRES_REPLICATION,
     POSTGRES_REWIND,
     PATRONI_RESTAPI,
     HAPROXY_STATS,
+    POSTGRES_ROUTING,
 )
 
 # The web tier's: the WordPress database role's password and WordPress's authentication

@@ -153,6 +153,7 @@ def _patroni(
     restore: RestorePoint | None,
 ) -> None:
     pg_hosts = ctx.with_role("postgres")
+    peers = {role: [h.private_ip for h in ctx.with_role(role)] for role in ("postgres", "haproxy")}
     futures = patroni.configure_member.map(
         unmapped(ctx.remote),
         pg_hosts,
@@ -160,6 +161,7 @@ def _patroni(
         unmapped(etcd_ips),
         unmapped(ctx.cluster_secrets),
         unmapped(wheels),
+        unmapped(peers),
         unmapped(restore),
     )
     pc = _by_name(pg_hosts, futures.result())
@@ -200,13 +202,16 @@ def _haproxy(
     """HAProxy's outcome, then what we promised, checked against the cluster as it is now."""
     ha_hosts = ctx.with_role("haproxy")
     ha = _by_name(ha_hosts, configured.result())
-    run.steps["haproxy"] = _changes(
-        _on("started", [n for n, r in ha.items() if r["started"]]),
-        _on("reloaded", [n for n, r in ha.items() if r["reloaded"]]),
-    )
     final = patroni.verify(ctx.remote, ctx.with_role("postgres"), ctx.spec)
     leader = next(m for m in final if m.is_leader)
     replicas = sorted(m.name for m in final if not m.is_leader)
+    # The role HAProxy droplets check routing as (never the superuser), on the primary.
+    role = haproxy.routing_role(ctx.remote, ctx.host(leader.name), ctx.cluster_secrets)
+    run.steps["haproxy"] = _changes(
+        _on("started", [n for n, r in ha.items() if r["started"]]),
+        _on("reloaded", [n for n, r in ha.items() if r["reloaded"]]),
+        *role,
+    )
     futures = haproxy.verify.map(
         unmapped(ctx.remote),
         ha_hosts,

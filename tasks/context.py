@@ -27,7 +27,6 @@ from pydantic import SecretStr
 
 from blocks.credentials import DigitalOceanCredentials, SpacesCredentials, SSHIdentity
 from blocks.secrets import (
-    POSTGRES_SUPERUSER,
     WORDPRESS_ADMIN,
     WORDPRESS_DB,
     WORDPRESS_SALTS,
@@ -349,14 +348,13 @@ class StackContext:
 
     @property
     def wordpress_secrets(self) -> Secrets:
-        """The WordPress role's password, the superuser's, the site administrator's, and
-        WordPress's salts."""
+        """The WordPress role's password, the site administrator's, and WordPress's
+        salts (no superuser's: the web tier never holds it)."""
         if self._wordpress_secrets is None:
             stack = self.spec.name
             values = {
                 WORDPRESS_DB: stack_secret(stack, WORDPRESS_DB),
                 WORDPRESS_ADMIN: stack_secret(stack, WORDPRESS_ADMIN),
-                POSTGRES_SUPERUSER: stack_secret(stack, POSTGRES_SUPERUSER),
             }
             for key, name in WORDPRESS_SALTS.items():
                 values[key] = stack_secret(stack, name, lambda: new_password(64))

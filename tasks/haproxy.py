@@ -16,9 +16,10 @@ from fabric import Connection
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.secrets import HAPROXY_STATS, POSTGRES_SUPERUSER
+from blocks.secrets import HAPROXY_STATS, POSTGRES_ROUTING
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
+from tasks import sql
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
 from tasks.sql import psql, through_haproxy
@@ -30,6 +31,11 @@ LIVE, OWNER, MODE = DESTINATIONS["haproxy/haproxy.cfg.j2"]
 STAGED = LIVE + ".lifeboat"
 SOCKET = "/run/haproxy/admin.sock"
 PGPASS = "/root/.lifeboat-pgpass"
+# Routing is checked through HAProxy as this role: it may log in to database postgres
+# from HAProxy droplets (pg_hba) and do nothing else. Never the superuser: these droplets
+# may face the internet (the compact example's web droplets).
+ROUTING_USER = "lifeboat_routing"
+ROLE_FLAGS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 # `show stat` through the admin socket with the droplet's own python3 (no socat there).
 _SHOW_STAT = (
     'python3 -c "import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(5); '
@@ -161,18 +167,44 @@ def wait_backends(
 
 
 def place_pgpass(conn: Connection, spec: StackSpec, password: str) -> None:
-    """A 0600 password file for psql through the local HAProxy ports (never an argument)."""
+    """A 0600 password file for psql through the local HAProxy ports (never an argument),
+    as the routing role. It replaces the superuser's file earlier versions placed here."""
     h = spec.haproxy
     lines = [
-        f"127.0.0.1:{port}:*:{spec.patroni.superuser}:{password}"
+        f"127.0.0.1:{port}:postgres:{ROUTING_USER}:{password}"
         for port in (h.primary_port, h.replica_port)
     ]
     put(conn, PGPASS, "\n".join(lines) + "\n", "0600", "root:root")
 
 
+def ensure_routing_role(conn: Connection, password: str) -> list[str]:
+    """On the primary, over its socket as postgres: the routing role, login only, with
+    `password` (its SCRAM verifier). Returns what changed; a rerun changes nothing."""
+    row = sql.query(
+        conn,
+        "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls "
+        f"OR NOT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
+        f"WHERE rolname = '{ROUTING_USER}'",
+    )
+    verifier = sql.literal(sql.scram_verifier(password))
+    if not row:
+        sql.run_secret_script(conn, f"CREATE ROLE {ROUTING_USER} {ROLE_FLAGS} PASSWORD {verifier};")
+        return [f"created role {ROUTING_USER}"]
+    flags, stored = row.split("|", 1)
+    done = []
+    if flags == "t":
+        sql.query(conn, f"ALTER ROLE {ROUTING_USER} {ROLE_FLAGS}")
+        done.append(f"reset role {ROUTING_USER} to login only")
+    if not sql.scram_matches(stored, password):
+        sql.run_secret_script(conn, f"ALTER ROLE {ROUTING_USER} PASSWORD {verifier};")
+        done.append(f"set {ROUTING_USER}'s password from the Secret block")
+    return done
+
+
 def query(conn: Connection, spec: StackSpec, port: int, sql: str) -> str:
-    """One value through HAProxy on this droplet, as the superuser (password from PGPASS)."""
-    target = through_haproxy(port, spec.patroni.superuser, "postgres", PGPASS)
+    """One value through HAProxy on this droplet, as the routing role (password from
+    PGPASS)."""
+    target = through_haproxy(port, ROUTING_USER, "postgres", PGPASS)
     res = psql(conn, sql, target, warn=True)
     if not res.ok:
         raise HAProxyError(
@@ -210,6 +242,12 @@ def configure_member(
         return configure(conn, host, spec, postgres_nodes, secrets[HAPROXY_STATS])
 
 
+@task(name="routing_role", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def routing_role(remote: Remote, leader: Host, secrets: Secrets) -> list[str]:
+    with remote.connect(leader) as conn:
+        return ensure_routing_role(conn, secrets[POSTGRES_ROUTING])
+
+
 @task(name="haproxy_verify", cache_policy=NO_CACHE, retries=0)
 def verify(
     remote: Remote, host: Host, spec: StackSpec, leader: str, replicas: list, secrets: Secrets
@@ -217,6 +255,6 @@ def verify(
     """Backends as Patroni says they should be, then real connections through the ports."""
     with remote.connect(host) as conn:
         backends = wait_backends(conn, leader, replicas, timeout=60)
-        place_pgpass(conn, spec, secrets[POSTGRES_SUPERUSER])
+        place_pgpass(conn, spec, secrets[POSTGRES_ROUTING])
         routing = verify_routing(conn, spec, replicas=bool(replicas))
     return {"backends": backends, "routing": routing}

@@ -51,9 +51,12 @@ def render_config(
     host: Host,
     etcd_ips: list[str],
     passwords: dict,
+    peers: dict[str, list[str]],
     restore: RestorePoint | None = None,
 ) -> str:
-    """`restore`: bootstrap from another stack's backups (tasks/pitr.py) instead of initdb."""
+    """`peers`: the private addresses of the "postgres" and "haproxy" droplets (pg_hba
+    admits each role from its own droplets only). `restore`: bootstrap from another
+    stack's backups (tasks/pitr.py) instead of initdb."""
     return render(
         "patroni/patroni.yml.j2",
         spec=spec,
@@ -61,6 +64,7 @@ def render_config(
         address=host.private_ip,
         etcd_hosts=etcd_ips,
         passwords=passwords,
+        peers=peers,
         restore=restore,
     )
 
@@ -69,7 +73,8 @@ def desired_dynamic(spec: StackSpec) -> dict[str, Any]:
     """The dynamic (DCS) configuration the spec asks for: patroni.yml's bootstrap.dcs, so
     the template stays the one place that defines it. Passwords do not appear there."""
     dummy = Host("x", 0, "192.0.2.1", "192.0.2.1")
-    text = render_config(spec, dummy, ["192.0.2.1"], _NO_PASSWORDS)
+    peers = {"postgres": ["192.0.2.1"], "haproxy": ["192.0.2.2"]}
+    text = render_config(spec, dummy, ["192.0.2.1"], _NO_PASSWORDS, peers)
     return yaml.safe_load(text)["bootstrap"]["dcs"]
 
 
@@ -91,6 +96,7 @@ def configure(
     etcd_ips: list[str],
     passwords: dict[str, str],
     wheels: Path,
+    peers: dict[str, list[str]],
     restore: RestorePoint | None = None,
 ) -> dict[str, bool]:
     """Install Patroni and place its config and unit; starts nothing.
@@ -100,7 +106,7 @@ def configure(
     version = spec.postgres.version
     run(conn, f"install -d -o postgres -g postgres -m 0755 /var/lib/postgresql/{version}")
     path, owner, mode = DESTINATIONS["patroni/patroni.yml.j2"]
-    config = render_config(spec, host, etcd_ips, passwords, restore)
+    config = render_config(spec, host, etcd_ips, passwords, peers, restore)
     config_changed = put(conn, path, config, mode, owner)
     path, owner, mode = DESTINATIONS["patroni/patroni.service.j2"]
     unit_changed = put(conn, path, render("patroni/patroni.service.j2"), mode, owner)
@@ -487,10 +493,11 @@ def configure_member(
     etcd_ips: list,
     secrets: Secrets,
     wheels: Path,
+    peers: dict,
     restore: RestorePoint | None = None,
 ) -> dict:
     with remote.connect(host) as conn:
-        return configure(conn, host, spec, etcd_ips, secrets.reveal(), wheels, restore)
+        return configure(conn, host, spec, etcd_ips, secrets.reveal(), wheels, peers, restore)
 
 
 # The waits for the cluster to converge: retrying would only wait longer; fail with the reason.

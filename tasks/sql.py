@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fabric import Connection
 from invoke.runners import Result
 
-from tasks.hosts import run
+from tasks.hosts import put, run
 
 SOCKET_DIR = "/var/run/postgresql"  # Debian's, where Patroni's PostgreSQL listens too
 FLAGS = ("-XAtq", "-v", "ON_ERROR_STOP=1")
@@ -130,3 +130,42 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4
         return base64.b64encode(raw).decode()
 
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def scram_matches(verifier: str, password: str) -> bool:
+    """Whether a stored SCRAM-SHA-256 verifier (pg_authid.rolpassword) is `password`'s:
+    rebuilt with its own salt and iterations, so a rerun can tell a role's password is in
+    step without logging in (or setting it again)."""
+    try:
+        method, rest = verifier.split("$", 1)
+        iterations, salt = rest.split("$", 1)[0].split(":", 1)
+        if method != "SCRAM-SHA-256":
+            return False
+        rebuilt = scram_verifier(password, base64.b64decode(salt, validate=True), int(iterations))
+    except ValueError:  # not a SCRAM verifier (md5, none): not in step
+        return False
+    return hmac.compare_digest(rebuilt, verifier)
+
+
+SCRIPT = "/var/lib/postgresql/.lifeboat-secret.sql"  # LOCAL's psql runs as postgres
+
+
+def run_secret_script(conn: Connection, sql: str, target: Target = LOCAL) -> None:
+    """SQL that carries a password's verifier (never the password): from a 0600 file that
+    only psql's OS user reads, removed at once; never on a command line."""
+    path, owner = (
+        (SCRIPT, f"{target.os_user}:{target.os_user}")
+        if target.os_user
+        else (
+            "/root/.lifeboat-secret.sql",
+            "root:root",
+        )
+    )
+    put(conn, path, sql + "\n", "0600", owner)
+    try:
+        res = psql(conn, target=target, file=path, timeout=60, warn=True)
+    finally:
+        run(conn, f"rm -f {shlex.quote(path)}", warn=True)
+    if not res.ok:
+        reason = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"psql script on {conn.host} failed: {reason}")

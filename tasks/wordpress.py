@@ -33,14 +33,14 @@ from invoke.runners import Result
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.secrets import POSTGRES_SUPERUSER, WORDPRESS_ADMIN, WORDPRESS_DB, WORDPRESS_SALTS
+from blocks.secrets import WORDPRESS_ADMIN, WORDPRESS_DB, WORDPRESS_SALTS
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import curl, droplets, site
-from tasks.haproxy import PGPASS, place_pgpass
-from tasks.hosts import Host, put, run, secret_file
+from tasks import backup, curl, droplets, site
+from tasks.haproxy import ROUTING_USER
+from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, TEMPLATES, render
-from tasks.sql import literal, psql, scram_verifier, through_haproxy
+from tasks.sql import literal, psql, query, run_secret_script, scram_verifier, through_haproxy
 from tasks.wal import config_context
 
 if TYPE_CHECKING:
@@ -81,7 +81,6 @@ DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 HEALTH_SCRIPT = DESTINATIONS["wordpress/lifeboat-health.php"][0]
 FETCH = DESTINATIONS["wordpress/fetch-release.sh"][0]
 WP_PGPASS = site.WP_PGPASS
-SQL_FILE = "/root/.lifeboat-wordpress.sql"
 HEALTH_TABLE = "lifeboat_health"
 
 
@@ -601,21 +600,27 @@ def _can_login(conn: Connection, spec: StackSpec) -> bool:
         return False
 
 
-def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[str]:
-    """On the primary, through HAProxy's primary port on this (haproxy) droplet, as the
-    superuser (HAProxy's pgpass, placed by the cluster runbook): the WordPress role (login,
-    nothing else), its database (owned by it, closed to PUBLIC), the health table, the
-    role's password in step with the Secret block. Returns what changed."""
+def prepare_database(
+    conn: Connection, primary: Connection, spec: StackSpec, password: str
+) -> list[str]:
+    """On the primary (`primary`, over its socket as postgres: no superuser credential
+    leaves the database droplets): the WordPress role (login, nothing else), its database
+    (owned by it, closed to PUBLIC), the role's password in step with the Secret block.
+    Then, through HAProxy's primary port on this (haproxy) droplet as that role, the
+    health table. Returns what changed."""
     wp, port = spec.wordpress, spec.haproxy.primary_port
-    reserved = {spec.patroni.superuser, spec.patroni.replication_user, spec.patroni.rewind_user}
+    reserved = {
+        spec.patroni.superuser,
+        spec.patroni.replication_user,
+        spec.patroni.rewind_user,
+        ROUTING_USER,
+    }
     if wp.db_user in reserved:
-        raise WordPressError(
-            f"wordpress.db_user {wp.db_user!r} is one of Patroni's roles: choose another"
-        )
-    su, role, dbname = spec.patroni.superuser, wp.db_user, wp.db_name
+        raise WordPressError(f"wordpress.db_user {wp.db_user!r} is Lifeboat's: choose another")
+    role, dbname = wp.db_user, wp.db_name
 
-    def q(sql: str, db: str = "postgres") -> str:
-        return _psql(conn, port, su, db, PGPASS, sql)
+    def q(sql: str) -> str:
+        return query(primary, sql)
 
     def as_role(sql: str) -> str:
         return _psql(conn, port, role, dbname, WP_PGPASS, sql)
@@ -628,8 +633,8 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
     )
     flags = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
     if not attrs:
-        _secret_sql(
-            conn, spec, f"CREATE ROLE {role} {flags} PASSWORD {_sql_str(scram_verifier(password))};"
+        run_secret_script(
+            primary, f"CREATE ROLE {role} {flags} PASSWORD {_sql_str(scram_verifier(password))};"
         )
         done.append(f"created role {role}")
     elif attrs == "t":
@@ -651,7 +656,9 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
         q(f"REVOKE ALL ON DATABASE {dbname} FROM PUBLIC; GRANT ALL ON DATABASE {dbname} TO {role}")
         done.append(f"closed {dbname} to PUBLIC")
     if not _can_login(conn, spec):
-        _secret_sql(conn, spec, f"ALTER ROLE {role} PASSWORD {_sql_str(scram_verifier(password))};")
+        run_secret_script(
+            primary, f"ALTER ROLE {role} PASSWORD {_sql_str(scram_verifier(password))};"
+        )
         done.append(f"set {role}'s password from the Secret block")
         if not _can_login(conn, spec):
             raise WordPressError(f"{role} cannot log in to {dbname} through HAProxy after setup")
@@ -662,20 +669,6 @@ def prepare_database(conn: Connection, spec: StackSpec, password: str) -> list[s
         )
         done.append(f"created table {HEALTH_TABLE}")
     return done
-
-
-def _secret_sql(conn: Connection, spec: StackSpec, sql: str) -> None:
-    """SQL that carries a password's verifier (never the password: a failing statement is
-    logged whole): in a 0600 file, removed at once, never on a command line."""
-    with secret_file(conn, SQL_FILE, sql + "\n"):
-        _psql(
-            conn,
-            spec.haproxy.primary_port,
-            spec.patroni.superuser,
-            "postgres",
-            PGPASS,
-            file=SQL_FILE,
-        )
 
 
 def _sql_str(value: str) -> str:
@@ -747,11 +740,11 @@ def wait_lb_routes_to(lb: dict, name: str, timeout: float = 90) -> str:
 
 @task(name="database", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def database(stack: StackContext, host: Host) -> list[str]:
-    """The WordPress database and role, on the primary through HAProxy on `host`."""
+    """The WordPress database and role, on the primary; checked through HAProxy on `host`."""
     secrets = stack.wordpress_secrets
-    with stack.remote.connect(host) as conn:
-        place_pgpass(conn, stack.spec, secrets[POSTGRES_SUPERUSER])
-        return prepare_database(conn, stack.spec, secrets[WORDPRESS_DB])
+    leader = backup.leader_host(stack.remote, stack.with_role("postgres"))
+    with stack.remote.connect(host) as conn, stack.remote.connect(leader) as primary:
+        return prepare_database(conn, primary, stack.spec, secrets[WORDPRESS_DB])
 
 
 # Gates: retrying would only wait longer or redo a half rollout; fail with the reason.

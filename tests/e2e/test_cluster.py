@@ -62,7 +62,8 @@ def through_haproxy(lab: dict, host: Host, port: int, sql: str) -> str:
     with ssh(lab, host.public_ip) as conn:
         res = run(
             conn,
-            f"PGPASSFILE=/root/.lifeboat-pgpass psql -XAt -h 127.0.0.1 -p {port} -U postgres "
+            "PGPASSFILE=/root/.lifeboat-pgpass psql -XAt -h 127.0.0.1 "
+            f"-p {port} -U lifeboat_routing "
             f"-d postgres -c '{sql}'",
             timeout=30,
         )
@@ -134,6 +135,48 @@ def test_from_nothing_to_a_verified_cluster(stack, lab, lab_blocks):
     # No generated password anywhere in what the run returns.
     text = json.dumps(result, default=str)
     assert not [name for name, pw in cluster_secrets(spec.name).items() if pw in text]
+
+
+def test_from_a_haproxy_droplet_postgresql_admits_only_the_routing_role(stack, lab):
+    """pg_hba by role and source: from a web (HAProxy) droplet, with the right passwords,
+    the superuser, replication and rewind roles are refused by a database droplet's
+    PostgreSQL, and the routing role only reaches database postgres. No superuser
+    password is on the droplet."""
+    from tasks.hosts import put
+
+    spec, hosts = stack["spec"], stack["hosts"]
+    db, web = by_role(hosts, "postgres")[0], by_role(hosts, "haproxy")[0]
+    passwords = cluster_secrets(spec.name)
+    users = {
+        "postgres": passwords["postgres-superuser"],
+        "replicator": passwords["postgres-replication"],
+        "rewind": passwords["postgres-rewind"],
+        "lifeboat_routing": passwords["postgres-routing"],
+    }
+    passfile = "/root/.e2e-pgpass"
+
+    def login(user: str, database: str) -> str:
+        res = run(
+            conn,
+            f"PGPASSFILE={passfile} PGCONNECT_TIMEOUT=5 psql -XAtq -h {db.private_ip} "
+            f"-U {user} -d {database} -c 'SELECT 1'",
+            warn=True,
+            timeout=30,
+        )
+        return res.stdout.strip() if res.ok else res.stderr.strip()
+
+    with ssh(lab, web.public_ip) as conn:
+        text = run(conn, "cat /root/.lifeboat-pgpass").stdout
+        assert passwords["postgres-superuser"] not in text
+        lines = "".join(f"*:*:*:{user}:{pw}\n" for user, pw in users.items())
+        put(conn, passfile, lines, "0600", "root:root")
+        try:
+            for user in ("postgres", "replicator", "rewind"):
+                assert "no pg_hba.conf entry" in login(user, "postgres"), user
+            assert "no pg_hba.conf entry" in login("lifeboat_routing", "template1")
+            assert login("lifeboat_routing", "postgres") == "1"
+        finally:
+            run(conn, f"rm -f {passfile}")
 
 
 def test_rerun_changes_and_restarts_nothing(stack, lab, lab_blocks):

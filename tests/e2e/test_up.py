@@ -9,12 +9,12 @@ import time
 import pytest
 
 from blocks.credentials import SpacesCredentials
-from blocks.secrets import POSTGRES_SUPERUSER, cluster_secrets
+from blocks.secrets import WORDPRESS_DB, stack_secret
 from flows.status import stack_status
 from flows.up import up
 from lab import faults
 from tasks import context as rm
-from tasks import haproxy, patroni, wal
+from tasks import haproxy, patroni, sql, wal
 from tasks.hosts import put, run
 from tasks.spaces import s3_client
 from tests.e2e.conftest import (
@@ -112,12 +112,12 @@ while time.time() < deadline:
     key = str(uuid.uuid4())
     try:
         if conn is None:
-            conn = psycopg2.connect(host="127.0.0.1", port=int(sys.argv[2]), dbname="postgres",
-                                    user="postgres", connect_timeout=2, keepalives_idle=2,
+            conn = psycopg2.connect(host="127.0.0.1", port=int(sys.argv[2]), dbname=sys.argv[3],
+                                    user=sys.argv[4], connect_timeout=2, keepalives_idle=2,
                                     keepalives_interval=1, keepalives_count=2)
             conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("INSERT INTO probe (k) VALUES (%s)", (key,))
+            cur.execute("INSERT INTO e2e_probe (k) VALUES (%s)", (key,))
         out.write(key + "\\n")
         out.flush()
     except Exception:
@@ -138,17 +138,18 @@ def test_partitioned_primary_loses_no_acknowledged_write(stacks, lab_blocks, do)
     hosts, remote = rm.load(spec, lab_blocks)
     web = next(h for h in hosts if "haproxy" in h.roles)
     old = leader(cluster_members(spec, lab_blocks))
-    password = cluster_secrets(spec.name)[POSTGRES_SUPERUSER]
-    port = spec.haproxy.primary_port
+    # As WordPress writes: its role, through HAProxy (no other role may connect from here).
+    wp, port = spec.wordpress, spec.haproxy.primary_port
+    password = stack_secret(spec.name, WORDPRESS_DB)
+    as_wp = sql.through_haproxy(port, wp.db_user, wp.db_name, "/root/.pgpass")
     with remote.connect(web) as conn:
-        haproxy.place_pgpass(conn, spec, password)
-        put(conn, "/root/.pgpass", f"127.0.0.1:{port}:*:postgres:{password}\n", "0600")
-        haproxy.query(conn, spec, port, "CREATE TABLE IF NOT EXISTS probe (k uuid PRIMARY KEY)")
+        put(conn, "/root/.pgpass", f"127.0.0.1:{port}:*:{wp.db_user}:{password}\n", "0600")
+        sql.query(conn, "CREATE TABLE IF NOT EXISTS e2e_probe (k uuid PRIMARY KEY)", as_wp)
         put(conn, "/root/writer.py", WRITER)
         run(
             conn,
             "rm -f /root/acked.txt; nohup python3 /root/writer.py 75 "
-            f"{port} >/root/writer.log 2>&1 &",
+            f"{port} {wp.db_name} {wp.db_user} >/root/writer.log 2>&1 &",
         )
     time.sleep(10)
     faults.partition(old.name)
@@ -161,7 +162,7 @@ def test_partitioned_primary_loses_no_acknowledged_write(stacks, lab_blocks, do)
     assert leader(members).name != old.name
     with remote.connect(web) as conn:
         acked = set(run(conn, "cat /root/acked.txt").stdout.split())
-        stored = set(haproxy.query(conn, spec, port, "SELECT k FROM probe").split())
+        stored = set(sql.query(conn, "SELECT k FROM e2e_probe", as_wp).split())
     assert len(acked) > 300  # the client kept writing before and after the failover
     assert acked - stored == set(), f"{len(acked - stored)} acknowledged writes lost"
     site_serves_from_every_web_droplet(do, spec)  # put back: the next modules use the site

@@ -105,6 +105,9 @@ def test_a_password_set_as_its_scram_verifier_logs_in_and_matches_postgresqls(
     )
     iterations, salt = stored.split("$")[1].split(":")
     assert sql.scram_verifier(password, base64.b64decode(salt), int(iterations)) == stored
+    assert sql.scram_matches(stored, password)
+    assert not sql.scram_matches(stored, password + "x")
+    assert not sql.scram_matches("md5" + "0" * 32, password)
 
     verifier = sql.scram_verifier(password)
     assert password not in verifier

@@ -66,6 +66,9 @@ def test_etcd_env_production_values() -> None:
     assert parse_env_file(existing)["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
 
 
+PEERS = {"postgres": ["10.10.0.5", "10.10.0.6"], "haproxy": ["10.10.0.9"]}
+
+
 def patroni_yml(spec: StackSpec, address: str, etcd_hosts: list[str], **extra: object) -> str:
     return render(
         "patroni/patroni.yml.j2",
@@ -74,7 +77,7 @@ def patroni_yml(spec: StackSpec, address: str, etcd_hosts: list[str], **extra: o
         address=address,
         etcd_hosts=etcd_hosts,
         passwords=PASSWORDS,
-        **extra,
+        **{"peers": PEERS, **extra},
     )
 
 
@@ -151,13 +154,21 @@ def test_patroni_yml_content() -> None:
     assert {"checkpoint": "fast"} in pg["basebackup"]
     # Replicas stay lenient: trouble fetching WAL is "not there yet", they stream or retry.
     assert pg["recovery_conf"]["restore_command"] == "/usr/local/lib/lifeboat/wal-restore %f %p"
-    host_rules = [r for r in pg["pg_hba"] if r.startswith("host")]
-    assert "host replication replicator 10.10.0.0/16 scram-sha-256" in host_rules
-    # nothing from outside the VPC (and loopback), nothing weaker than scram
-    for rule in host_rules:
-        assert rule.split()[3] in ("10.10.0.0/16", "127.0.0.1/32") and rule.endswith(
-            "scram-sha-256"
-        )
+    # By role and source droplet: each rule one role (or Lifeboat's pair) from one address.
+    host_rules = {tuple(r.split()) for r in pg["pg_hba"] if r.startswith("host")}
+    su, rewind, wp = "postgres", "rewind", (spec.wordpress.db_name, spec.wordpress.db_user)
+    assert host_rules == {
+        *(
+            ("host", "replication", "replicator", f"{ip}/32", "scram-sha-256")
+            for ip in PEERS["postgres"]
+        ),
+        *(
+            ("host", "all", f"{su},{rewind}", f"{ip}/32", "scram-sha-256")
+            for ip in PEERS["postgres"]
+        ),
+        ("host", *wp, "10.10.0.9/32", "scram-sha-256"),
+        ("host", "postgres", "lifeboat_routing", "10.10.0.9/32", "scram-sha-256"),
+    }
     assert config["tags"] == {
         "nofailover": False,
         "noloadbalance": False,
@@ -182,6 +193,7 @@ def test_patroni_yml_quotes_awkward_passwords() -> None:
             address="10.20.0.2",
             etcd_hosts=["10.20.0.2"],
             passwords=awkward,
+            peers=PEERS,
         )
     )
     assert (
@@ -193,7 +205,13 @@ def test_patroni_yml_quotes_awkward_passwords() -> None:
 
 def test_missing_context_is_an_error() -> None:
     spec = StackSpec.from_yaml(EXAMPLES / "compact.yaml")
-    context = {"spec": spec, "name": "n", "address": "10.20.0.2", "passwords": PASSWORDS}
+    context = {
+        "spec": spec,
+        "name": "n",
+        "address": "10.20.0.2",
+        "passwords": PASSWORDS,
+        "peers": PEERS,
+    }
     with pytest.raises(jinja2.UndefinedError, match="etcd_hosts"):
         render("patroni/patroni.yml.j2", **context)
     with pytest.raises(jinja2.UndefinedError, match="patroni-restapi"):
