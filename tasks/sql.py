@@ -147,25 +147,18 @@ def scram_matches(verifier: str, password: str) -> bool:
     return hmac.compare_digest(rebuilt, verifier)
 
 
-SCRIPT = "/var/lib/postgresql/.lifeboat-secret.sql"  # LOCAL's psql runs as postgres
+SCRIPT = "/var/lib/postgresql/.lifeboat-secret.sql"  # postgres's home: only it reads it
 
 
-def run_secret_script(conn: Connection, sql: str, target: Target = LOCAL) -> None:
-    """SQL that carries a password's verifier (never the password): from a 0600 file that
-    only psql's OS user reads, removed at once; never on a command line."""
-    path, owner = (
-        (SCRIPT, f"{target.os_user}:{target.os_user}")
-        if target.os_user
-        else (
-            "/root/.lifeboat-secret.sql",
-            "root:root",
-        )
-    )
-    put(conn, path, sql + "\n", "0600", owner)
+def run_secret_script(conn: Connection, sql: str) -> None:
+    """SQL that carries a password's verifier (never the password), on the droplet's own
+    PostgreSQL (LOCAL): from a 0600 file of postgres's, removed at once, never on a
+    command line."""
+    put(conn, SCRIPT, sql + "\n", "0600", "postgres:postgres")
     try:
-        res = psql(conn, target=target, file=path, timeout=60, warn=True)
+        res = psql(conn, file=SCRIPT, timeout=60, warn=True)
     finally:
-        run(conn, f"rm -f {shlex.quote(path)}", warn=True)
+        run(conn, f"rm -f {SCRIPT}", warn=True)
     if not res.ok:
         reason = (res.stderr.strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"psql script on {conn.host} failed: {reason}")
