@@ -29,6 +29,9 @@ from blocks import sqlnames
 
 Role = Literal["etcd", "postgres", "haproxy", "wordpress"]
 ROLES: tuple[str, ...] = ("etcd", "postgres", "haproxy", "wordpress")
+# The login-only role HAProxy droplets check routing as (tasks/haproxy.py): no spec role
+# may take its name.
+ROUTING_ROLE = "lifeboat_routing"
 
 # DNS label: the stack and group names end up in hostnames and DigitalOcean tags.
 _LABEL = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
@@ -489,7 +492,7 @@ class StackSpec(_Section):
             "patroni.rewind_user": self.patroni.rewind_user,
             "wordpress.db_user": self.wordpress.db_user,
         }
-        seen: dict[str, str] = {}
+        seen: dict[str, str] = {ROUTING_ROLE: "Lifeboat's routing check role"}
         for key, role in roles.items():
             if role in seen:
                 problems.append(

@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.secrets import HAPROXY_STATS, POSTGRES_ROUTING
-from blocks.stack import StackSpec
+from blocks.stack import ROUTING_ROLE, StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import sql
 from tasks.hosts import Host, put, run
@@ -34,7 +34,7 @@ PGPASS = "/root/.lifeboat-pgpass"
 # Routing is checked through HAProxy as this role: it may log in to database postgres
 # from HAProxy droplets (pg_hba) and do nothing else. Never the superuser: these droplets
 # may face the internet (the compact example's web droplets).
-ROUTING_USER = "lifeboat_routing"
+ROUTING_USER = ROUTING_ROLE
 ROLE_FLAGS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 # `show stat` through the admin socket with the droplet's own python3 (no socat there).
 _SHOW_STAT = (
@@ -201,11 +201,11 @@ def ensure_routing_role(conn: Connection, password: str) -> list[str]:
     return done
 
 
-def query(conn: Connection, spec: StackSpec, port: int, sql: str) -> str:
+def query(conn: Connection, spec: StackSpec, port: int, statement: str) -> str:
     """One value through HAProxy on this droplet, as the routing role (password from
     PGPASS)."""
     target = through_haproxy(port, ROUTING_USER, "postgres", PGPASS)
-    res = psql(conn, sql, target, warn=True)
+    res = psql(conn, statement, target, warn=True)
     if not res.ok:
         raise HAProxyError(
             f"psql through {conn.host}:{port} failed: {res.stderr.strip().splitlines()[-1:]}"

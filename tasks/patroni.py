@@ -22,7 +22,7 @@ from fabric import Connection
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.stack import StackSpec
+from blocks.stack import ROUTING_ROLE, StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import curl, guc, sql
 from tasks.etcd import ETCDCTL, endpoints
@@ -65,6 +65,7 @@ def render_config(
         etcd_hosts=etcd_ips,
         passwords=passwords,
         peers=peers,
+        routing_role=ROUTING_ROLE,
         restore=restore,
     )
 

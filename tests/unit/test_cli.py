@@ -193,6 +193,7 @@ def test_reserved_word_as_db_user_is_refused_naming_it(word: str, tmp_path: Path
         ("patroni", "superuser", "pg_admin", "'pg_admin' is a role name PostgreSQL reserves"),
         ("patroni", "restapi_user", "a b", "use letters, digits"),
         ("wordpress", "db_user", "replicator", "'replicator' is also patroni.replication_user"),
+        ("patroni", "superuser", "lifeboat_routing", "is also Lifeboat's routing check role"),
     ],
 )
 def test_sql_names_are_checked(

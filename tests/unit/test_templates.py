@@ -12,7 +12,7 @@ import jinja2
 import pytest
 import yaml
 
-from blocks.stack import StackSpec
+from blocks.stack import ROUTING_ROLE, StackSpec
 from tasks.pitr import RestorePoint
 from tasks.render import render
 
@@ -77,7 +77,7 @@ def patroni_yml(spec: StackSpec, address: str, etcd_hosts: list[str], **extra: o
         address=address,
         etcd_hosts=etcd_hosts,
         passwords=PASSWORDS,
-        **{"peers": PEERS, **extra},
+        **{"peers": PEERS, "routing_role": ROUTING_ROLE, **extra},
     )
 
 
@@ -194,6 +194,7 @@ def test_patroni_yml_quotes_awkward_passwords() -> None:
             etcd_hosts=["10.20.0.2"],
             passwords=awkward,
             peers=PEERS,
+            routing_role=ROUTING_ROLE,
         )
     )
     assert (
@@ -211,6 +212,7 @@ def test_missing_context_is_an_error() -> None:
         "address": "10.20.0.2",
         "passwords": PASSWORDS,
         "peers": PEERS,
+        "routing_role": ROUTING_ROLE,
     }
     with pytest.raises(jinja2.UndefinedError, match="etcd_hosts"):
         render("patroni/patroni.yml.j2", **context)
