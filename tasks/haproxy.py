@@ -256,5 +256,16 @@ def verify(
     with remote.connect(host) as conn:
         backends = wait_backends(conn, leader, replicas, timeout=60)
         place_pgpass(conn, spec, secrets[POSTGRES_ROUTING])
-        routing = verify_routing(conn, spec, replicas=bool(replicas))
+        # A new HAProxy droplet's address reaches pg_hba by a Patroni reload, which takes
+        # effect in Patroni's next loop: until then its connections are refused.
+        try:
+            routing = wait_until(
+                f"routing through HAProxy on {host.name}",
+                lambda: verify_routing(conn, spec, replicas=bool(replicas)),
+                timeout=20 + 4 * spec.patroni.loop_wait,
+                every=2,
+                retry_on=(HAProxyError,),
+            )
+        except WaitTimeout as e:
+            raise HAProxyError(f"HAProxy on {host.name}: {e.last}") from e
     return {"backends": backends, "routing": routing}

@@ -94,8 +94,9 @@ def test_cluster_secrets(prefect_server: None) -> None:
         "postgres-rewind",
         "patroni-restapi",
         "haproxy-stats",
+        "postgres-routing",
     }
-    assert len(set(values.values())) == 5
+    assert len(set(values.values())) == 6
     assert secrets.cluster_secrets(stack) == values
 
 
