@@ -19,10 +19,9 @@ from prefect.cache_policies import NO_CACHE
 from blocks.secrets import HAPROXY_STATS, POSTGRES_ROUTING
 from blocks.stack import ROUTING_ROLE, StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
-from tasks import sql
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, render
-from tasks.sql import psql, through_haproxy
+from tasks.sql import ensure_login_role, psql, through_haproxy
 
 if TYPE_CHECKING:
     from tasks.context import Remote, Secrets
@@ -31,11 +30,9 @@ LIVE, OWNER, MODE = DESTINATIONS["haproxy/haproxy.cfg.j2"]
 STAGED = LIVE + ".lifeboat"
 SOCKET = "/run/haproxy/admin.sock"
 PGPASS = "/root/.lifeboat-pgpass"
-# Routing is checked through HAProxy as this role: it may log in to database postgres
+# Routing is checked through HAProxy as ROUTING_ROLE: it may log in to database postgres
 # from HAProxy droplets (pg_hba) and do nothing else. Never the superuser: these droplets
 # may face the internet (the compact example's web droplets).
-ROUTING_USER = ROUTING_ROLE
-ROLE_FLAGS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 # `show stat` through the admin socket with the droplet's own python3 (no socat there).
 _SHOW_STAT = (
     'python3 -c "import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(5); '
@@ -171,40 +168,16 @@ def place_pgpass(conn: Connection, spec: StackSpec, password: str) -> None:
     as the routing role. It replaces the superuser's file earlier versions placed here."""
     h = spec.haproxy
     lines = [
-        f"127.0.0.1:{port}:postgres:{ROUTING_USER}:{password}"
+        f"127.0.0.1:{port}:postgres:{ROUTING_ROLE}:{password}"
         for port in (h.primary_port, h.replica_port)
     ]
     put(conn, PGPASS, "\n".join(lines) + "\n", "0600", "root:root")
 
 
-def ensure_routing_role(conn: Connection, password: str) -> list[str]:
-    """On the primary, over its socket as postgres: the routing role, login only, with
-    `password` (its SCRAM verifier). Returns what changed; a rerun changes nothing."""
-    row = sql.query(
-        conn,
-        "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls "
-        f"OR NOT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
-        f"WHERE rolname = '{ROUTING_USER}'",
-    )
-    verifier = sql.literal(sql.scram_verifier(password))
-    if not row:
-        sql.run_secret_script(conn, f"CREATE ROLE {ROUTING_USER} {ROLE_FLAGS} PASSWORD {verifier};")
-        return [f"created role {ROUTING_USER}"]
-    flags, stored = row.split("|", 1)
-    done = []
-    if flags == "t":
-        sql.query(conn, f"ALTER ROLE {ROUTING_USER} {ROLE_FLAGS}")
-        done.append(f"reset role {ROUTING_USER} to login only")
-    if not sql.scram_matches(stored, password):
-        sql.run_secret_script(conn, f"ALTER ROLE {ROUTING_USER} PASSWORD {verifier};")
-        done.append(f"set {ROUTING_USER}'s password from the Secret block")
-    return done
-
-
 def query(conn: Connection, spec: StackSpec, port: int, statement: str) -> str:
     """One value through HAProxy on this droplet, as the routing role (password from
     PGPASS)."""
-    target = through_haproxy(port, ROUTING_USER, "postgres", PGPASS)
+    target = through_haproxy(port, ROUTING_ROLE, "postgres", PGPASS)
     res = psql(conn, statement, target, warn=True)
     if not res.ok:
         raise HAProxyError(
@@ -245,7 +218,7 @@ def configure_member(
 @task(name="routing_role", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def routing_role(remote: Remote, leader: Host, secrets: Secrets) -> list[str]:
     with remote.connect(leader) as conn:
-        return ensure_routing_role(conn, secrets[POSTGRES_ROUTING])
+        return ensure_login_role(conn, ROUTING_ROLE, secrets[POSTGRES_ROUTING])
 
 
 @task(name="haproxy_verify", cache_policy=NO_CACHE, retries=0)

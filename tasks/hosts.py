@@ -156,10 +156,12 @@ def put(
 
 
 @contextlib.contextmanager
-def secret_file(conn: Connection, path: str, content: str) -> Iterator[str]:
-    """A root-only file that a command reads a secret from (never its command line),
-    removed when the block ends, whatever happens."""
-    put(conn, path, content, "0600", "root:root")
+def secret_file(
+    conn: Connection, path: str, content: str, owner: str = "root:root"
+) -> Iterator[str]:
+    """A file only `owner` reads (0600) that a command reads a secret from (never its
+    command line), removed when the block ends, whatever happens."""
+    put(conn, path, content, "0600", owner)
     try:
         yield path
     finally:

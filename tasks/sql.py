@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fabric import Connection
 from invoke.runners import Result
 
-from tasks.hosts import put, run
+from tasks.hosts import run, secret_file
 
 SOCKET_DIR = "/var/run/postgresql"  # Debian's, where Patroni's PostgreSQL listens too
 FLAGS = ("-XAtq", "-v", "ON_ERROR_STOP=1")
@@ -154,11 +154,36 @@ def run_secret_script(conn: Connection, sql: str) -> None:
     """SQL that carries a password's verifier (never the password), on the droplet's own
     PostgreSQL (LOCAL): from a 0600 file of postgres's, removed at once, never on a
     command line."""
-    put(conn, SCRIPT, sql + "\n", "0600", "postgres:postgres")
-    try:
+    with secret_file(conn, SCRIPT, sql + "\n", owner="postgres:postgres"):
         res = psql(conn, file=SCRIPT, timeout=60, warn=True)
-    finally:
-        run(conn, f"rm -f {SCRIPT}", warn=True)
     if not res.ok:
         reason = (res.stderr.strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"psql script on {conn.host} failed: {reason}")
+
+
+LOGIN_ONLY = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+
+
+def ensure_login_role(conn: Connection, role: str, password: str) -> list[str]:
+    """On the droplet's own PostgreSQL (the primary, over its socket as postgres): `role`
+    may log in and nothing else, and its stored verifier is `password`'s (compared with
+    `scram_matches`, so a rerun changes nothing). Returns what changed."""
+    row = query(
+        conn,
+        "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls "
+        "OR NOT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
+        f"WHERE rolname = {literal(role)}",
+    )
+    verifier = literal(scram_verifier(password))
+    if not row:
+        run_secret_script(conn, f"CREATE ROLE {role} {LOGIN_ONLY} PASSWORD {verifier};")
+        return [f"created role {role}"]
+    flags, stored = row.split("|", 1)
+    done = []
+    if flags == "t":
+        query(conn, f"ALTER ROLE {role} {LOGIN_ONLY}")
+        done.append(f"reset role {role} to login only")
+    if not scram_matches(stored, password):
+        run_secret_script(conn, f"ALTER ROLE {role} PASSWORD {verifier};")
+        done.append(f"set {role}'s password from the Secret block")
+    return done

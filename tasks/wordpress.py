@@ -37,10 +37,9 @@ from blocks.secrets import WORDPRESS_ADMIN, WORDPRESS_DB, WORDPRESS_SALTS
 from blocks.stack import StackSpec
 from lifeboat.waiting import NotYet, WaitTimeout, wait_until
 from tasks import backup, curl, droplets, site
-from tasks.haproxy import ROUTING_USER
 from tasks.hosts import Host, put, run
 from tasks.render import DESTINATIONS, TEMPLATES, render
-from tasks.sql import literal, psql, query, run_secret_script, scram_verifier, through_haproxy
+from tasks.sql import ensure_login_role, psql, query, through_haproxy
 from tasks.wal import config_context
 
 if TYPE_CHECKING:
@@ -609,14 +608,6 @@ def prepare_database(
     Then, through HAProxy's primary port on this (haproxy) droplet as that role, the
     health table. Returns what changed."""
     wp, port = spec.wordpress, spec.haproxy.primary_port
-    reserved = {
-        spec.patroni.superuser,
-        spec.patroni.replication_user,
-        spec.patroni.rewind_user,
-        ROUTING_USER,
-    }
-    if wp.db_user in reserved:
-        raise WordPressError(f"wordpress.db_user {wp.db_user!r} is Lifeboat's: choose another")
     role, dbname = wp.db_user, wp.db_name
 
     def q(sql: str) -> str:
@@ -625,21 +616,8 @@ def prepare_database(
     def as_role(sql: str) -> str:
         return _psql(conn, port, role, dbname, WP_PGPASS, sql)
 
-    done = []
     put(conn, WP_PGPASS, f"127.0.0.1:{port}:{dbname}:{role}:{password}\n", "0600", "root:root")
-    attrs = q(
-        "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls "
-        f"OR NOT rolcanlogin FROM pg_roles WHERE rolname = '{role}'"
-    )
-    flags = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-    if not attrs:
-        run_secret_script(
-            primary, f"CREATE ROLE {role} {flags} PASSWORD {_sql_str(scram_verifier(password))};"
-        )
-        done.append(f"created role {role}")
-    elif attrs == "t":
-        q(f"ALTER ROLE {role} {flags}")
-        done.append(f"reset role {role} to login only")
+    done = ensure_login_role(primary, role, password)
     owner = q(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{dbname}'")
     if not owner:
         q(f"CREATE DATABASE {dbname} OWNER {role} TEMPLATE template0 ENCODING 'UTF8'")
@@ -656,12 +634,7 @@ def prepare_database(
         q(f"REVOKE ALL ON DATABASE {dbname} FROM PUBLIC; GRANT ALL ON DATABASE {dbname} TO {role}")
         done.append(f"closed {dbname} to PUBLIC")
     if not _can_login(conn, spec):
-        run_secret_script(
-            primary, f"ALTER ROLE {role} PASSWORD {_sql_str(scram_verifier(password))};"
-        )
-        done.append(f"set {role}'s password from the Secret block")
-        if not _can_login(conn, spec):
-            raise WordPressError(f"{role} cannot log in to {dbname} through HAProxy after setup")
+        raise WordPressError(f"{role} cannot log in to {dbname} through HAProxy after setup")
     if as_role(f"SELECT to_regclass('public.{HEALTH_TABLE}') IS NULL") == "t":
         as_role(
             f"CREATE TABLE IF NOT EXISTS public.{HEALTH_TABLE} (host text PRIMARY KEY, "
@@ -669,10 +642,6 @@ def prepare_database(
         )
         done.append(f"created table {HEALTH_TABLE}")
     return done
-
-
-def _sql_str(value: str) -> str:
-    return literal(value)
 
 
 # --- the load balancer ---------------------------------------------------------------------

@@ -181,7 +181,7 @@ def _parse_header(header: bytes) -> tuple[str, int, bytes]:
 
 
 class Tap:
-    """Reads pg_basebackup's compressed stream through, counting it, while a thread of its
+    """Reads pg_basebackup's compressed stream through while a thread of its
     own decompresses it and walks the tar it carries to pick out backup_manifest (which
     pg_basebackup appends to the tar on stdout). So the manifest comes from the very bytes
     that are stored, and those are proven to be one whole zstd frame holding a whole tar
@@ -189,7 +189,6 @@ class Tap:
 
     def __init__(self, stream: IO[bytes], want: str) -> None:
         self.stream = stream
-        self.bytes = 0  # compressed, as read
         self.raw_bytes = 0  # the tar's
         self._found = Collect()
         self._walker = TarWalker(lambda name, size, kind: self._found if name == want else None)
@@ -218,7 +217,6 @@ class Tap:
 
     def read(self, n: int = READ_SIZE) -> bytes:
         data = self.stream.read(n)
-        self.bytes += len(data)
         self._queue.put(data)  # b"" at the end: the walk finishes
         return data
 
